@@ -1,0 +1,354 @@
+"""Overlap-tile prediction of whole slices and stacks with a trained U-Net.
+
+Images are far larger than what fits through a network at once, so they are
+cut into tiles, pushed through the network a batch at a time and stitched
+back into a preallocated CPU array: device memory holds one batch, whatever
+the image size.
+
+Valid-padding networks (the paper's overlap-tile strategy)
+    The slice is mirror-padded by the network's margin and cut into input
+    tiles of ``tile + 2 * margin`` pixels whose outputs abut. A valid U-Net is
+    only translation-equivariant for shifts that are multiples of
+    ``2 ** depth`` (the max-pooling grid moves otherwise), so tile origins
+    are placed on that grid and the last tile runs past the image into more
+    mirrored pixels instead of being pulled back to end at the border. With
+    that, the stitched result equals one pass over the whole mirror-padded
+    slice (up to float rounding): tiling is invisible.
+
+Same-padding networks
+    Outputs near a tile edge have seen zero padding, so tiles overlap by
+    ``overlap`` and are blended with a window that favours tile centres
+    (:func:`~napari_unet.tiling.blend_window`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from .devices import autocast, resolve_device
+from .errors import Cancelled
+from .tiling import BLEND_KINDS, blend_window, tile_starts
+
+ProgressCallback = Callable[[int, int], None]
+StopCallback = Callable[[], bool]
+
+#: Default output tile edge per device type: big enough to amortise the
+#: network's margin, small enough to keep CPU caches and GPU memory happy.
+DEFAULT_TILE = {"cuda": 512}
+DEFAULT_TILE_OTHER = 256
+
+#: The 8 symmetries of the square as (quarter turns, mirror) pairs.
+_DIHEDRAL = [(k, flip) for k in range(4) for flip in (False, True)]
+
+
+class _AxisPlan:
+    """Tiling of one image axis: tile length, tile origins and padding, in output pixels."""
+
+    __slots__ = ("tile", "starts", "pad_before", "pad_after")
+
+    def __init__(self, tile: int, starts: list[int], pad_before: int, pad_after: int) -> None:
+        self.tile = tile
+        self.starts = starts
+        self.pad_before = pad_before
+        self.pad_after = pad_after
+
+
+class TilePredictor:
+    """Predict class probabilities of slices and stacks tile by tile.
+
+    Args:
+        model: a :class:`~napari_unet.model.UNet`, or any module with the same
+            ``.geometry`` and ``.config`` attributes that maps
+            ``(N, 1, H, W)`` to ``(N, n_classes, H - 2*margin, W - 2*margin)`` logits.
+        tile_size: output tile edge; rounded to the nearest size the network
+            accepts. Default: 512 on CUDA, 256 elsewhere.
+        batch_size: tiles per forward pass.
+        tta: average the softmax over the 8 flips/rotations of each tile
+            (8x slower, usually a little more accurate).
+        device: ``"auto"``, ``"cuda"``, ``"mps"``, ``"cpu"`` or a ``torch.device``.
+        amp: mixed precision on CUDA (ignored elsewhere).
+        overlap: fraction of a tile shared with its neighbour (same padding only;
+            valid-padding tiles need no overlap).
+        blend: ``"gaussian"`` or ``"linear"`` window for same padding.
+        progress: called as ``progress(tiles_done, tiles_total)`` after each
+            batch; totals count the whole stack for :meth:`predict` and
+            :meth:`iter_stack`.
+        should_stop: polled before each batch; returning True raises
+            :class:`~napari_unet.errors.Cancelled`.
+
+    The model is switched to eval mode and moved to the device once, here.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        tile_size: int | None = None,
+        batch_size: int = 4,
+        tta: bool = False,
+        device: str | torch.device = "auto",
+        amp: bool = True,
+        overlap: float = 0.25,
+        blend: str = "gaussian",
+        progress: ProgressCallback | None = None,
+        should_stop: StopCallback | None = None,
+    ) -> None:
+        config = getattr(model, "config", None)
+        geometry = getattr(model, "geometry", None)
+        if config is None or geometry is None:
+            raise ValueError("model must have .config and .geometry attributes, like napari_unet.UNet")
+        if int(config.in_channels) != 1:
+            raise ValueError(
+                f"the model expects {config.in_channels} input channels; multichannel "
+                "prediction is not supported yet (only single-channel images)"
+            )
+        if geometry.padding not in ("valid", "same"):
+            raise ValueError(f"unknown model padding {geometry.padding!r}")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {overlap!r}")
+        if blend not in BLEND_KINDS:
+            raise ValueError(f"blend must be one of {BLEND_KINDS}, got {blend!r}")
+
+        self.model = model
+        self.geometry = geometry
+        self.n_classes = int(config.n_classes)
+        self.valid = geometry.padding == "valid"
+        self.margin = int(geometry.margin) if self.valid else 0
+        self.divisor = int(geometry.divisor)
+        self.device = resolve_device(device)
+        self._cuda = self.device.type == "cuda"
+        self.amp = bool(amp) and self._cuda
+        self.batch_size = int(batch_size)
+        self.tta = bool(tta)
+        self.overlap = float(overlap)
+        self.blend = blend
+        self.progress = progress
+        self.should_stop = should_stop
+
+        if tile_size is None:
+            tile_size = DEFAULT_TILE.get(self.device.type, DEFAULT_TILE_OTHER)
+        self.tile_size: int = self._round_tile(int(tile_size))
+
+        model.eval()
+        model.to(self.device)
+        if self._cuda:
+            # cuDNN's fastest convolutions want NHWC; inputs follow suit below
+            model.to(memory_format=torch.channels_last)
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def _out_min(self) -> int:
+        """Smallest output edge the network can produce."""
+        if not self.valid:
+            return self.divisor
+        return int(self.geometry.output_size(self.geometry.min_input_size))
+
+    @property
+    def min_tile_size(self) -> int:
+        """Smallest usable output tile.
+
+        Valid-net tile origins sit on the ``divisor`` grid, so a tile must be at
+        least one grid step long or neighbouring tiles would leave gaps.
+        """
+        return self._legal_at_least(self.divisor)
+
+    def _legal_at_least(self, n: int) -> int:
+        """Smallest legal output tile edge >= ``n`` (and >= the grid step)."""
+        lo, d = self._out_min, self.divisor
+        k = max(0, math.ceil((max(n, d) - lo) / d))
+        return lo + k * d
+
+    def _round_tile(self, tile: int) -> int:
+        lo, d, smallest = self._out_min, self.divisor, self.min_tile_size
+        if tile < smallest:
+            raise ValueError(
+                f"tile_size {tile} is too small for this depth-{self.geometry.depth} "
+                f"{self.geometry.padding}-padding U-Net: legal output tile sizes are "
+                f"{smallest}, {smallest + d}, {smallest + 2 * d}, ... ({lo} + k * {d}, at least {smallest})"
+            )
+        k = int(math.floor((tile - lo) / d + 0.5))
+        return max(smallest, lo + k * d)
+
+    def _plan_axis(self, length: int) -> _AxisPlan:
+        t = self.tile_size
+        if self.valid:
+            m, d = self.margin, self.divisor
+            if length <= t:
+                tile, starts = self._legal_at_least(length), [0]
+            else:
+                # origins on the pooling grid: spread whole grid blocks evenly
+                blocks, per_tile = -(-length // d), t // d
+                tile = t
+                starts = [s * d for s in tile_starts(blocks, per_tile, per_tile)]
+            return _AxisPlan(tile, starts, m, starts[-1] + tile + m - length)
+        if length <= t:
+            tile = -(-length // self.divisor) * self.divisor
+            return _AxisPlan(tile, [0], 0, tile - length)
+        step = max(1, int(round(t * (1.0 - self.overlap))))
+        return _AxisPlan(t, tile_starts(length, t, step), 0, 0)
+
+    def n_tiles(self, shape: tuple[int, ...]) -> int:
+        """Tiles needed for one slice of ``shape`` (the last two axes)."""
+        ys, xs = self._plan_axis(int(shape[-2])), self._plan_axis(int(shape[-1]))
+        return len(ys.starts) * len(xs.starts)
+
+    # ------------------------------------------------------------- validation
+    @staticmethod
+    def _check_dtype(dtype: Any) -> None:
+        if not np.issubdtype(np.dtype(dtype), np.floating):
+            raise ValueError(
+                f"expected a normalised floating-point image, got dtype {np.dtype(dtype)}; "
+                "normalise it first (e.g. to zero mean, unit variance)"
+            )
+
+    def _check_slice(self, image: Any) -> np.ndarray:
+        image = np.asarray(image)
+        if image.ndim != 2:
+            raise ValueError(f"expected a 2D (Y, X) slice, got shape {image.shape}")
+        if image.size == 0:
+            raise ValueError(f"cannot predict an empty image of shape {image.shape}")
+        self._check_dtype(image.dtype)
+        if not np.isfinite(image).all():
+            raise ValueError("image contains NaN or infinite values")
+        return image.astype(np.float32, copy=False)
+
+    def _check_out(self, out: Any, shape: tuple[int, ...]) -> None:
+        if tuple(out.shape) != shape:
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
+        if np.dtype(out.dtype) not in (np.dtype(np.float32), np.dtype(np.float16)):
+            raise ValueError(f"out must be float32 or float16, got {np.dtype(out.dtype)}")
+
+    # ------------------------------------------------------------- inference
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            logits = self.model(x)
+        # softmax in float32 whatever autocast computed the logits in
+        return torch.softmax(logits.float(), dim=1)
+
+    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
+        """``(B, 1, h, w)`` inputs -> ``(B, C, h - 2m, w - 2m)`` probabilities on the CPU."""
+        x = torch.from_numpy(batch)
+        if self._cuda:
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        elif self.device.type != "cpu":
+            x = x.to(self.device)
+        if not self.tta:
+            probs = self._forward(x)
+        else:
+            probs = None
+            for k, flip in _DIHEDRAL:
+                xt = torch.rot90(x, k, dims=(2, 3))
+                if flip:
+                    xt = torch.flip(xt, dims=(3,))
+                y = self._forward(xt)
+                if flip:
+                    y = torch.flip(y, dims=(3,))
+                y = torch.rot90(y, -k, dims=(2, 3))
+                probs = y if probs is None else probs + y
+            probs = probs / len(_DIHEDRAL)  # type: ignore[operator]
+        expected = (batch.shape[0], self.n_classes, batch.shape[2] - 2 * self.margin, batch.shape[3] - 2 * self.margin)
+        if tuple(probs.shape) != expected:
+            raise ValueError(
+                f"model returned shape {tuple(probs.shape)} for input {batch.shape}, expected "
+                f"{expected}; its .geometry/.config do not describe it"
+            )
+        return probs.cpu().numpy()
+
+    def _predict_slice(self, image: np.ndarray, done: int, total: int) -> np.ndarray:
+        """One validated float32 slice; ``done``/``total`` place it in the caller's progress."""
+        Y, X = image.shape
+        py, px = self._plan_axis(Y), self._plan_axis(X)
+        padded = np.pad(image, ((py.pad_before, py.pad_after), (px.pad_before, px.pad_after)), mode="reflect")
+        ty, tx, m = py.tile, px.tile, self.margin
+        ih, iw = ty + 2 * m, tx + 2 * m
+        origins = [(y, x) for y in py.starts for x in px.starts]
+        C = self.n_classes
+
+        if self.valid:
+            out = np.empty((C, Y, X), dtype=np.float32)
+        else:
+            acc = np.zeros((C, Y + py.pad_after, X + px.pad_after), dtype=np.float32)
+            weight_sum = np.zeros(acc.shape[1:], dtype=np.float32)
+            window = blend_window((ty, tx), self.blend)  # type: ignore[arg-type]
+
+        batch = np.empty((self.batch_size, 1, ih, iw), dtype=np.float32)
+        with torch.inference_mode():
+            for first in range(0, len(origins), self.batch_size):
+                if self.should_stop is not None and self.should_stop():
+                    raise Cancelled("prediction cancelled")
+                chunk = origins[first : first + self.batch_size]
+                for i, (y, x) in enumerate(chunk):
+                    batch[i, 0] = padded[y : y + ih, x : x + iw]
+                probs = self._run_batch(batch[: len(chunk)])
+                for p, (y, x) in zip(probs, chunk):
+                    if self.valid:
+                        h, w = min(ty, Y - y), min(tx, X - x)
+                        out[:, y : y + h, x : x + w] = p[:, :h, :w]
+                    else:
+                        acc[:, y : y + ty, x : x + tx] += p * window
+                        weight_sum[y : y + ty, x : x + tx] += window
+                done += len(chunk)
+                if self.progress is not None:
+                    self.progress(done, total)
+        if self.valid:
+            return out
+        return acc[:, :Y, :X] / weight_sum[:Y, :X]
+
+    # ---------------------------------------------------------------- public
+    def predict_slice(self, image: np.ndarray) -> np.ndarray:
+        """``(Y, X)`` float image -> ``(C, Y, X)`` float32 softmax probabilities."""
+        image = self._check_slice(image)
+        return self._predict_slice(image, 0, self.n_tiles(image.shape))
+
+    def iter_stack(self, stack: Any) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(z, (C, Y, X) probabilities)`` slice by slice, in order.
+
+        Only one slice of ``stack`` is read at a time, so memory-mapped or
+        zarr-like stacks larger than memory work.
+        """
+        shape = tuple(getattr(stack, "shape", ()))
+        if len(shape) != 3:
+            raise ValueError(f"expected a 3D (Z, Y, X) stack, got shape {shape}")
+        self._check_dtype(stack.dtype)
+        per_slice = self.n_tiles(shape)
+        total = per_slice * shape[0]
+        for z in range(shape[0]):
+            image = self._check_slice(stack[z])
+            yield z, self._predict_slice(image, z * per_slice, total)
+
+    def predict(self, image: Any, out: np.ndarray | None = None) -> np.ndarray:
+        """``(Y, X)`` -> ``(C, Y, X)``; ``(Z, Y, X)`` -> ``(Z, C, Y, X)`` probabilities.
+
+        Args:
+            image: a normalised float slice or stack (numpy, memmap, zarr-like).
+            out: optional preallocated float32/float16 array of the result's
+                shape (e.g. a memmap), filled slice by slice and returned.
+        """
+        ndim = len(getattr(image, "shape", ()))
+        if ndim == 2:
+            result = self.predict_slice(image)
+            if out is None:
+                return result
+            self._check_out(out, result.shape)
+            out[...] = result
+            return out
+        if ndim != 3:
+            raise ValueError(f"expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape {getattr(image, 'shape', None)}")
+        Z, Y, X = image.shape
+        shape = (Z, self.n_classes, Y, X)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        else:
+            self._check_out(out, shape)
+        for z, probs in self.iter_stack(image):
+            out[z] = probs
+        return out
