@@ -108,6 +108,8 @@ def elastic_displacement(shape: tuple[int, int], rng: np.random.Generator,
     this yields smooth, plausible tissue deformations as in the U-Net paper.
     """
     h, w = int(shape[0]), int(shape[1])
+    if grid < 2 or sigma < 0:
+        raise ValueError(f"need grid >= 2 and sigma >= 0, got grid={grid}, sigma={sigma}")
     coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
     # Separable cubic interpolation: build (H, grid) and (W, grid) weight
     # matrices once by interpolating unit vectors, then two small matmuls

@@ -140,15 +140,20 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), None)
+        if detail:  # the file names a Python callable: the way pickles execute code
+            raise CheckpointError(
+                f"refused to load {path.name}: it contains Python objects that could run code "
+                "when loaded, which napari-unet checkpoints never do. Only load checkpoints from "
+                f"sources you trust. ({detail[:200]})"
+            ) from None
         raise CheckpointError(
-            f"refused to load {path.name}: it contains Python objects that could run code when "
-            "loaded, which napari-unet checkpoints never do. Only load checkpoints from sources "
-            f"you trust. ({str(exc).splitlines()[0][:200]})"
+            f"{path.name} is not a readable checkpoint (corrupt, truncated or another format)"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, AttributeError) as exc:
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"{path.name} is not a readable checkpoint (corrupt, truncated or another format): "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}"
+            f"{path.name} is not a readable checkpoint (corrupt, truncated or another format): {first}"
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is not a napari-unet checkpoint")

@@ -67,7 +67,7 @@ class Normalization:
             return float(self.low), float(self.high)  # type: ignore[arg-type]
         values = _sample(stack)
         if values.size == 0:
-            raise ValueError("the image has no finite values to normalise")
+            raise ValueError("the image holds only NaN or infinite values; nothing to normalise")
         low, high = np.percentile(values, [self.p_low, self.p_high])
         if high <= low:  # flat image or extreme percentiles: fall back to the full range
             low, high = float(values.min()), float(values.max())

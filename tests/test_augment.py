@@ -1,0 +1,180 @@
+"""Tests for napari_unet.augment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_unet.augment import AugmentConfig, augment_patch, elastic_displacement
+
+
+def _patch(shape=(64, 64), seed=0):
+    """Image, int64 target (with ignore = -1) and float32 weight map."""
+    rng = np.random.default_rng(seed)
+    image = rng.random(shape, dtype=np.float32)
+    target = rng.integers(-1, 3, size=shape).astype(np.int64)
+    weights = rng.uniform(0.5, 5.0, size=shape).astype(np.float32)
+    return image, target, weights
+
+
+def _blocky_target(shape=(96, 96), seed=0) -> np.ndarray:
+    """Piecewise-constant labels with large regions, so interpolation only blurs edges."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 3, size=(shape[0] // 16, shape[1] // 16))
+    target = np.kron(coarse, np.ones((16, 16), dtype=np.int64))
+    target[:8, :8] = -1
+    return target.astype(np.int64)
+
+
+def test_determinism_same_seed():
+    image, target, weights = _patch()
+    a_img, a_rest = augment_patch(image, [target, weights], np.random.default_rng(42))
+    b_img, b_rest = augment_patch(image, [target, weights], np.random.default_rng(42))
+    np.testing.assert_array_equal(a_img, b_img)
+    for a, b in zip(a_rest, b_rest):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_different_seeds_differ():
+    image, target, weights = _patch()
+    a_img, _ = augment_patch(image, [target, weights], np.random.default_rng(1))
+    b_img, _ = augment_patch(image, [target, weights], np.random.default_rng(2))
+    assert not np.array_equal(a_img, b_img)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (48, 80)])
+def test_shapes_dtypes_and_values_preserved(shape):
+    image, target, weights = _patch(shape)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        out, (t, w) = augment_patch(image, [target, weights], rng)
+        assert out.shape == shape and out.dtype == np.float32
+        assert t.shape == shape and t.dtype == np.int64
+        assert w.shape == shape and w.dtype == np.float32
+        assert out.flags.c_contiguous and t.flags.c_contiguous and w.flags.c_contiguous
+        assert set(np.unique(t)) <= set(np.unique(target))
+        assert set(np.unique(w)) <= set(np.unique(weights))
+        assert np.isfinite(out).all()
+
+
+def test_inputs_not_modified():
+    image, target, weights = _patch()
+    copies = [image.copy(), target.copy(), weights.copy()]
+    augment_patch(image, [target, weights], np.random.default_rng(0))
+    for orig, arr in zip(copies, (image, target, weights)):
+        np.testing.assert_array_equal(orig, arr)
+
+
+@pytest.mark.parametrize("shape", [(40, 40), (32, 48)])
+def test_flips_rot90_keep_alignment(shape):
+    rng = np.random.default_rng(0)
+    target = rng.integers(-1, 4, size=shape).astype(np.int64)
+    image = target.astype(np.float32)
+    config = AugmentConfig(elastic=False, intensity=False)
+    seen = set()
+    for _ in range(30):
+        out, (t,) = augment_patch(image, [target], rng, config)
+        np.testing.assert_array_equal(out, t.astype(np.float32))
+        seen.add(out.tobytes())
+    # Several distinct orientations are actually produced.
+    assert len(seen) >= (6 if shape[0] == shape[1] else 3)
+
+
+def test_elastic_keeps_alignment():
+    target = _blocky_target()
+    image = target.astype(np.float32)
+    config = AugmentConfig(flips=False, rot90=False, intensity=False)
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        out, (t,) = augment_patch(image, [target], rng, config)
+        assert not np.array_equal(t, target)  # it did deform
+        # Order-3 resampling of a piecewise constant image overshoots only near
+        # label edges; compare on pixels whose 5x5 neighbourhood is uniform.
+        interior = (ndimage.maximum_filter(t, size=5) == ndimage.minimum_filter(t, size=5))
+        agree = np.abs(out - t) < 0.5
+        assert agree[interior].mean() > 0.95
+        assert agree.mean() > 0.85
+
+
+def test_elastic_displacement_statistics():
+    rng = np.random.default_rng(0)
+    sigma = 10.0
+    fields = np.stack([elastic_displacement((65, 65), rng, grid=3, sigma=sigma)
+                       for _ in range(400)])
+    assert fields.shape == (400, 2, 65, 65)
+    # On the lattice nodes (corners/centre) the std is exactly sigma; in
+    # between, interpolation averages neighbours so it is somewhat lower.
+    node_std = fields[:, :, ::32, ::32].std()
+    assert abs(node_std - sigma) < 0.1 * sigma
+    overall = fields.std()
+    assert 0.6 * sigma < overall <= 1.05 * sigma
+    # Smooth: neighbouring pixels move almost together.
+    assert np.abs(np.diff(fields, axis=-1)).max() < 0.5 * sigma
+
+
+def test_elastic_sigma_zero_is_identity_geometry():
+    image, target, weights = _patch()
+    config = AugmentConfig(elastic_sigma=0.0, flips=False, rot90=False, intensity=False)
+    out, (t, w) = augment_patch(image, [target, weights], np.random.default_rng(0), config)
+    np.testing.assert_allclose(out, image, atol=1e-6)
+    np.testing.assert_array_equal(t, target)
+    np.testing.assert_array_equal(w, weights)
+
+
+def test_intensity_only_changes_image():
+    image, target, weights = _patch()
+    config = AugmentConfig(elastic=False, flips=False, rot90=False, p_intensity=1.0)
+    out, (t, w) = augment_patch(image, [target, weights], np.random.default_rng(0), config)
+    assert not np.allclose(out, image)
+    np.testing.assert_array_equal(t, target)
+    np.testing.assert_array_equal(w, weights)
+    # p_intensity = 0 => untouched.
+    config0 = AugmentConfig(elastic=False, flips=False, rot90=False, p_intensity=0.0)
+    out0, _ = augment_patch(image, [target, weights], np.random.default_rng(0), config0)
+    np.testing.assert_array_equal(out0, image)
+
+
+def test_shape_mismatch_raises():
+    image, target, _ = _patch()
+    with pytest.raises(ValueError):
+        augment_patch(image, [target[:-1]], np.random.default_rng(0))
+    with pytest.raises(ValueError):
+        augment_patch(image[None], [], np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"elastic_grid": 1},
+        {"elastic_grid": 2.5},
+        {"elastic_sigma": -1.0},
+        {"contrast": (1.2, 0.8)},
+        {"contrast": (0.0, 1.0)},
+        {"gamma": (-0.5, 1.0)},
+        {"noise_std": (-0.1, 0.1)},
+        {"brightness": (0.1,)},
+        {"p_intensity": 1.5},
+        {"p_intensity": -0.1},
+        {"flips": "yes"},
+    ],
+)
+def test_config_validation(kwargs):
+    with pytest.raises(ValueError):
+        AugmentConfig(**kwargs)
+
+
+def test_config_dict_round_trip():
+    config = AugmentConfig(elastic_grid=4, elastic_sigma=6.5, rot90=False,
+                           gamma=(0.8, 1.2), p_intensity=0.5)
+    data = config.to_dict()
+    assert isinstance(data["gamma"], list)
+    assert all(isinstance(v, (bool, int, float, list)) for v in data.values())
+    assert AugmentConfig.from_dict(data) == config
+    assert AugmentConfig.from_dict(AugmentConfig().to_dict()) == AugmentConfig()
+    with pytest.raises(ValueError):
+        AugmentConfig.from_dict({**data, "bogus": 1})
+
+
+def test_config_is_hashable():
+    assert hash(AugmentConfig()) == hash(AugmentConfig.from_dict(AugmentConfig().to_dict()))
