@@ -28,3 +28,11 @@ def test_public_api_resolves():
     for name in napari_unet.__all__:
         assert getattr(napari_unet, name) is not None
     assert "train" in dir(napari_unet)
+
+
+def test_exported_names_are_not_shadowed_by_submodules():
+    """A submodule named like an exported function would replace it once imported."""
+    import pkgutil
+
+    submodules = {m.name for m in pkgutil.iter_modules(napari_unet.__path__)}
+    assert not submodules & set(napari_unet.__all__)

@@ -26,7 +26,7 @@ _EXPORTS = {
     "Trainer": "training",
     "TrainEvent": "training",
     "train": "training",
-    "TilePredictor": "predict",
+    "TilePredictor": "overlap_tile",
     "predict": "inference",
     "predict_steps": "inference",
     "Prediction": "inference",
@@ -63,7 +63,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .inference import Prediction, predict, predict_steps
     from .model import Geometry, UNet
     from .normalization import Normalization
-    from .predict import TilePredictor
+    from .overlap_tile import TilePredictor
     from .synthetic import synthetic_em_stack
     from .training import Trainer, TrainEvent, TrainingConfig, train
     from .weightmap import boundary_weight_map

@@ -80,7 +80,7 @@ def predict_steps(
     method, with statistics of the whole ``image`` for percentile models.
     """
     from .postprocess import instance_labels, semantic_labels
-    from .predict import TilePredictor
+    from .overlap_tile import TilePredictor
 
     trained = _resolve_model(model)
     batch_size = check_positive_int(batch_size, "batch_size")

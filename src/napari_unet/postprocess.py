@@ -31,7 +31,8 @@ def semantic_labels(probabilities: np.ndarray, threshold: float | None = None) -
     probabilities = np.asarray(probabilities)
     if probabilities.ndim < 2 or probabilities.shape[0] < 2:
         raise ValueError(
-            f"expected (C, ...) probabilities with at least 2 classes, got shape {probabilities.shape}"
+            "expected (C, ...) probabilities with at least 2 classes, "
+            f"got shape {probabilities.shape}"
         )
     if probabilities.shape[0] > 256:
         raise ValueError(f"at most 256 classes fit in uint8 labels, got {probabilities.shape[0]}")

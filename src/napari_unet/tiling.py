@@ -55,7 +55,11 @@ def _window_1d(n: int, kind: str, sigma_scale: float) -> np.ndarray:
 
 
 def blend_window(
-    size: tuple[int, int], kind: BlendKind = "gaussian", sigma_scale: float = 0.125
+    size: tuple[int, int],
+    kind: BlendKind = "gaussian",
+    sigma_scale: float = 0.125,
+    *,
+    flat_sides: tuple[bool, bool, bool, bool] = (False, False, False, False),
 ) -> np.ndarray:
     """Importance map for blending overlapping same-padding tiles.
 
@@ -69,6 +73,10 @@ def blend_window(
         size: ``(height, width)`` of a tile.
         kind: ``"gaussian"`` (sigma = ``sigma_scale`` * side) or ``"linear"`` (tent).
         sigma_scale: gaussian width relative to the tile side.
+        flat_sides: ``(top, bottom, left, right)``: sides that lie on the image
+            border keep full weight from the centre out. No neighbour
+            overlaps there, so fading would only let the floor-weighted edge
+            of a neighbouring tile compete along the border.
     """
     if kind not in BLEND_KINDS:
         raise ValueError(f"blend kind must be one of {BLEND_KINDS}, got {kind!r}")
@@ -76,8 +84,26 @@ def blend_window(
         raise ValueError(f"size must be two positive integers, got {size!r}")
     if not sigma_scale > 0:
         raise ValueError(f"sigma_scale must be positive, got {sigma_scale!r}")
+    if len(flat_sides) != 4:
+        raise ValueError(
+            f"flat_sides must be 4 booleans (top, bottom, left, right), got {flat_sides!r}"
+        )
     h, w = (int(s) for s in size)
-    window = np.outer(_window_1d(h, kind, sigma_scale), _window_1d(w, kind, sigma_scale))
+    top, bottom, left, right = (bool(f) for f in flat_sides)
+    wy = _flatten(_window_1d(h, kind, sigma_scale), top, bottom)
+    wx = _flatten(_window_1d(w, kind, sigma_scale), left, right)
+    window = np.outer(wy, wx)
     window /= window.max()
     np.maximum(window, WEIGHT_FLOOR, out=window)
     return window.astype(np.float32)
+
+
+def _flatten(profile: np.ndarray, start: bool, end: bool) -> np.ndarray:
+    """Set the profile to its peak between the centre and the flagged ends."""
+    peak = profile.max()
+    mid = len(profile) // 2
+    if start:
+        profile[:mid] = peak
+    if end:
+        profile[mid:] = peak
+    return profile

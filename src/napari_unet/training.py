@@ -312,7 +312,7 @@ class Trainer:
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     def _validate(self) -> float:
-        from .predict import TilePredictor
+        from .overlap_tile import TilePredictor
 
         self.model.eval()
         predictor = TilePredictor(

@@ -7,18 +7,24 @@ the image size.
 
 Valid-padding networks (the paper's overlap-tile strategy)
     The slice is mirror-padded by the network's margin and cut into input
-    tiles of ``tile + 2 * margin`` pixels whose outputs abut. A valid U-Net is
-    only translation-equivariant for shifts that are multiples of
-    ``2 ** depth`` (the max-pooling grid moves otherwise), so tile origins
-    are placed on that grid and the last tile runs past the image into more
-    mirrored pixels instead of being pulled back to end at the border. With
-    that, the stitched result equals one pass over the whole mirror-padded
-    slice (up to float rounding): tiling is invisible.
+    tiles of ``tile + 2 * margin`` pixels whose outputs abut. With the
+    resulting exact stitching, the result equals one pass over the whole
+    mirror-padded slice (up to float rounding): tiling is invisible.
 
 Same-padding networks
     Outputs near a tile edge have seen zero padding, so tiles overlap by
     ``overlap`` and are blended with a window that favours tile centres
     (:func:`~napari_unet.tiling.blend_window`).
+
+The pooling grid
+    A U-Net is translation-equivariant only for shifts that are multiples of
+    ``2 ** depth``; any other shift moves the max-pooling grid and changes
+    the output (by ~0.3 in probability for a random depth-3 net shifted by
+    4 px). So tile origins always sit on that grid, and the last tile runs
+    past the border into more mirrored pixels (then cropped) instead of
+    being pulled back to end exactly at the border. For same padding the
+    only remaining difference from a whole-image pass is then the zero
+    padding at interior tile edges, which the blending hides.
 """
 
 from __future__ import annotations
@@ -62,9 +68,10 @@ class TilePredictor:
     """Predict class probabilities of slices and stacks tile by tile.
 
     Args:
-        model: a :class:`~napari_unet.model.UNet`, or any module with the same
-            ``.geometry`` and ``.config`` attributes that maps
-            ``(N, 1, H, W)`` to ``(N, n_classes, H - 2*margin, W - 2*margin)`` logits.
+        model: a :class:`~napari_unet.model.UNet`, or any module (or plain
+            callable) with the same ``.geometry`` and ``.config`` attributes
+            that maps ``(N, 1, H, W)`` to ``(N, n_classes, H - 2*margin,
+            W - 2*margin)`` logits; fakes of this kind test the stitching.
         tile_size: output tile edge; rounded to the nearest size the network
             accepts. Default: 512 on CUDA, 256 elsewhere.
         batch_size: tiles per forward pass.
@@ -86,7 +93,7 @@ class TilePredictor:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: nn.Module | Callable[[torch.Tensor], torch.Tensor],
         *,
         tile_size: int | None = None,
         batch_size: int = 4,
@@ -101,7 +108,9 @@ class TilePredictor:
         config = getattr(model, "config", None)
         geometry = getattr(model, "geometry", None)
         if config is None or geometry is None:
-            raise ValueError("model must have .config and .geometry attributes, like napari_unet.UNet")
+            raise ValueError(
+                "model must have .config and .geometry attributes, like napari_unet.UNet"
+            )
         if int(config.in_channels) != 1:
             raise ValueError(
                 f"the model expects {config.in_channels} input channels; multichannel "
@@ -136,11 +145,12 @@ class TilePredictor:
             tile_size = DEFAULT_TILE.get(self.device.type, DEFAULT_TILE_OTHER)
         self.tile_size: int = self._round_tile(int(tile_size))
 
-        model.eval()
-        model.to(self.device)
-        if self._cuda:
-            # cuDNN's fastest convolutions want NHWC; inputs follow suit below
-            model.to(memory_format=torch.channels_last)
+        if isinstance(model, nn.Module):
+            model.eval()
+            model.to(self.device)
+            if self._cuda:
+                # cuDNN's fastest convolutions want NHWC; inputs follow suit below
+                model.to(memory_format=torch.channels_last)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -171,7 +181,8 @@ class TilePredictor:
             raise ValueError(
                 f"tile_size {tile} is too small for this depth-{self.geometry.depth} "
                 f"{self.geometry.padding}-padding U-Net: legal output tile sizes are "
-                f"{smallest}, {smallest + d}, {smallest + 2 * d}, ... ({lo} + k * {d}, at least {smallest})"
+                f"{smallest}, {smallest + d}, {smallest + 2 * d}, ... "
+                f"({lo} + k * {d}, at least {smallest})"
             )
         k = int(math.floor((tile - lo) / d + 0.5))
         return max(smallest, lo + k * d)
@@ -188,11 +199,14 @@ class TilePredictor:
                 tile = t
                 starts = [s * d for s in tile_starts(blocks, per_tile, per_tile)]
             return _AxisPlan(tile, starts, m, starts[-1] + tile + m - length)
+        d = self.divisor
+        blocks = -(-length // d)
         if length <= t:
-            tile = -(-length // self.divisor) * self.divisor
-            return _AxisPlan(tile, [0], 0, tile - length)
-        step = max(1, int(round(t * (1.0 - self.overlap))))
-        return _AxisPlan(t, tile_starts(length, t, step), 0, 0)
+            return _AxisPlan(blocks * d, [0], 0, blocks * d - length)
+        per_tile = t // d
+        step = max(1, int(round(per_tile * (1.0 - self.overlap))))
+        starts = [s * d for s in tile_starts(blocks, per_tile, step)]
+        return _AxisPlan(t, starts, 0, blocks * d - length)
 
     def n_tiles(self, shape: tuple[int, ...]) -> int:
         """Tiles needed for one slice of ``shape`` (the last two axes)."""
@@ -255,7 +269,8 @@ class TilePredictor:
                 y = torch.rot90(y, -k, dims=(2, 3))
                 probs = y if probs is None else probs + y
             probs = probs / len(_DIHEDRAL)  # type: ignore[operator]
-        expected = (batch.shape[0], self.n_classes, batch.shape[2] - 2 * self.margin, batch.shape[3] - 2 * self.margin)
+        trim = 2 * self.margin
+        expected = (batch.shape[0], self.n_classes, batch.shape[2] - trim, batch.shape[3] - trim)
         if tuple(probs.shape) != expected:
             raise ValueError(
                 f"model returned shape {tuple(probs.shape)} for input {batch.shape}, expected "
@@ -267,7 +282,8 @@ class TilePredictor:
         """One validated float32 slice; ``done``/``total`` place it in the caller's progress."""
         Y, X = image.shape
         py, px = self._plan_axis(Y), self._plan_axis(X)
-        padded = np.pad(image, ((py.pad_before, py.pad_after), (px.pad_before, px.pad_after)), mode="reflect")
+        pads = ((py.pad_before, py.pad_after), (px.pad_before, px.pad_after))
+        padded = np.pad(image, pads, mode="reflect")
         ty, tx, m = py.tile, px.tile, self.margin
         ih, iw = ty + 2 * m, tx + 2 * m
         origins = [(y, x) for y in py.starts for x in px.starts]
@@ -278,7 +294,8 @@ class TilePredictor:
         else:
             acc = np.zeros((C, Y + py.pad_after, X + px.pad_after), dtype=np.float32)
             weight_sum = np.zeros(acc.shape[1:], dtype=np.float32)
-            window = blend_window((ty, tx), self.blend)  # type: ignore[arg-type]
+            windows: dict[tuple[bool, bool, bool, bool], np.ndarray] = {}
+            y_last, x_last = py.starts[-1], px.starts[-1]
 
         batch = np.empty((self.batch_size, 1, ih, iw), dtype=np.float32)
         with torch.inference_mode():
@@ -294,6 +311,12 @@ class TilePredictor:
                         h, w = min(ty, Y - y), min(tx, X - x)
                         out[:, y : y + h, x : x + w] = p[:, :h, :w]
                     else:
+                        sides = (y == 0, y == y_last, x == 0, x == x_last)
+                        window = windows.get(sides)
+                        if window is None:
+                            window = windows[sides] = blend_window(
+                                (ty, tx), self.blend, flat_sides=sides  # type: ignore[arg-type]
+                            )
                         acc[:, y : y + ty, x : x + tx] += p * window
                         weight_sum[y : y + ty, x : x + tx] += window
                 done += len(chunk)
@@ -333,16 +356,20 @@ class TilePredictor:
             out: optional preallocated float32/float16 array of the result's
                 shape (e.g. a memmap), filled slice by slice and returned.
         """
-        ndim = len(getattr(image, "shape", ()))
+        if not hasattr(image, "shape"):
+            image = np.asarray(image)
+        ndim = len(image.shape)
         if ndim == 2:
-            result = self.predict_slice(image)
             if out is None:
-                return result
-            self._check_out(out, result.shape)
-            out[...] = result
+                return self.predict_slice(image)
+            self._check_out(out, (self.n_classes, *image.shape))
+            out[...] = self.predict_slice(image)
             return out
         if ndim != 3:
-            raise ValueError(f"expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape {getattr(image, 'shape', None)}")
+            raise ValueError(
+                "expected a 2D (Y, X) or 3D (Z, Y, X) image, got shape "
+                f"{tuple(image.shape)}"
+            )
         Z, Y, X = image.shape
         shape = (Z, self.n_classes, Y, X)
         if out is None:
