@@ -15,6 +15,7 @@ import numpy as np
 
 from ._validation import as_stack, check_finite, check_positive_int
 from .checkpoint import TrainedModel, load_checkpoint
+from .devices import release_memory
 from .errors import Cancelled
 from .normalization import Normalization
 
@@ -106,16 +107,21 @@ def predict_steps(
     n_classes = trained.n_classes
     semantic = np.zeros((z_, y_, x_), np.uint8)
     probs = np.zeros((z_, n_classes, y_, x_), np.float32) if probabilities else None
-    for i, z in enumerate(zs):
-        if should_stop is not None and should_stop():
-            raise Cancelled("prediction cancelled")
-        raw = np.asarray(stack[z])
-        check_finite(raw, "image", f" (slice {z})")
-        p = predictor.predict_slice(Normalization.apply(raw, low, high))
-        semantic[z] = semantic_labels(p, threshold)
-        if probs is not None:
-            probs[z] = p
-        yield PredictProgress(i + 1, len(zs), z)
+    try:
+        for i, z in enumerate(zs):
+            if should_stop is not None and should_stop():
+                raise Cancelled("prediction cancelled")
+            raw = np.asarray(stack[z])
+            check_finite(raw, "image", f" (slice {z})")
+            p = predictor.predict_slice(Normalization.apply(raw, low, high))
+            semantic[z] = semantic_labels(p, threshold)
+            if probs is not None:
+                probs[z] = p
+            yield PredictProgress(i + 1, len(zs), z)
+    finally:
+        if predictor.device.type != "cpu":  # hand the GPU memory back between jobs
+            trained.model.to("cpu")
+            release_memory(predictor.device)
     inst = None
     if instances:
         inst = np.zeros((z_, y_, x_), np.uint32)
