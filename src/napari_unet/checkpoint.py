@@ -13,13 +13,13 @@ from __future__ import annotations
 import copy
 import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ._atomic import atomic_path
 from .annotations import AnnotationSettings
 from .config import UNetConfig
 from .errors import CheckpointError
@@ -121,16 +121,8 @@ def save_checkpoint(
     }
     if include_optimizer and trained.optimizer_state is not None:
         payload["optimizer"] = _plain(trained.optimizer_state)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
