@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from napari_unet.annotations import AnnotationSettings
-from napari_unet.checkpoint import FORMAT, TrainedModel, load_checkpoint, save_checkpoint, transfer_weights
+from napari_unet.checkpoint import (
+    FORMAT,
+    TrainedModel,
+    load_checkpoint,
+    save_checkpoint,
+    transfer_weights,
+)
 from napari_unet.config import UNetConfig, preset
 from napari_unet.errors import CheckpointError
 from napari_unet.model import UNet

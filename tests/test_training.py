@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet import TrainingConfig, Trainer, load_checkpoint, predict, train
+from napari_unet import Trainer, TrainingConfig, load_checkpoint, predict, train
 from napari_unet.annotations import AnnotationSettings, prepare_slices
 from napari_unet.config import preset
 from napari_unet.training import _split, foreground_dice

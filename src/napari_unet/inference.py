@@ -80,8 +80,8 @@ def predict_steps(
     the slice a user is looking at. Normalisation follows the model's recorded
     method, with statistics of the whole ``image`` for percentile models.
     """
-    from .postprocess import instance_labels, semantic_labels
     from .overlap_tile import TilePredictor
+    from .postprocess import instance_labels, semantic_labels
 
     trained = _resolve_model(model)
     batch_size = check_positive_int(batch_size, "batch_size")

@@ -23,7 +23,14 @@ import torch
 
 from . import devices
 from ._validation import as_stack, check_finite, check_labels
-from .annotations import IGNORE, AnnotatedSlice, AnnotationSettings, class_names_for, n_classes_for, prepare_slices
+from .annotations import (
+    IGNORE,
+    AnnotatedSlice,
+    AnnotationSettings,
+    class_names_for,
+    n_classes_for,
+    prepare_slices,
+)
 from .augment import AugmentConfig
 from .checkpoint import TrainedModel, load_checkpoint, transfer_weights
 from .config import UNetConfig
