@@ -1,0 +1,18 @@
+"""napari dock widgets of napari-unet (Train, Segment).
+
+Nothing is imported here: napari imports a widget module only when the user
+opens that widget, and the widget modules import torch and the engine lazily,
+so that napari starts fast with the plugin installed.
+
+Layout of this sub-package:
+
+- ``_layers``: napari layers -> arrays for the engine (level 0, scale,
+  translate, current slice) and result layers back (names, overwrite).
+- ``_jobs``: the generators that run in napari ``thread_worker``s. They use
+  the engine only and never touch Qt or layers.
+- ``_state``: the last trained model, shared by the Train and Segment widgets
+  of one viewer.
+- ``_plot``: the live loss / validation plot (matplotlib in a Qt canvas).
+- ``_common``: the base class both widgets share (status line, device
+  choices, running a job with a Start/Cancel button).
+"""

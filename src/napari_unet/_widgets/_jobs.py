@@ -1,0 +1,329 @@
+"""The long jobs the widgets run in napari ``thread_worker``s.
+
+Each job is a generator over the engine's own generators (the ``Trainer``,
+``predict_steps``). It runs in a worker thread and never touches Qt objects
+or napari layers: everything the GUI needs is *yielded* as a plain value and
+handled by the widget on the main thread. Jobs import torch and the engine
+only when they start.
+
+Errors a user can act on (bad input, a checkpoint that does not fit, running
+out of GPU memory, a diverging run) are caught here and returned as
+:class:`JobFailed` with a readable message; anything else propagates to the
+worker's ``errored`` signal (napari shows it with its traceback).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Generator, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..checkpoint import TrainedModel
+    from ..config import UNetConfig
+    from ..inference import Prediction, PredictProgress
+    from ..training import Trainer, TrainEvent, TrainingConfig
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- messages
+@dataclass(frozen=True)
+class TrainStarted:
+    """The trainer is built (targets and weight maps ready); the loop starts."""
+
+    summary: dict[str, Any]
+    reinitialised: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PreviewUpdate:
+    """Prediction of one slice by the model as it is at ``iteration``."""
+
+    z: int | None  # None for a 2D image
+    labels: np.ndarray  # (Y, X) uint8 class ids
+    iteration: int
+    final: bool = False
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    """A job stopped on an error the user can act on; ``model`` keeps what was learnt."""
+
+    message: str
+    model: TrainedModel | None = None
+    iteration: int = 0
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    model: TrainedModel
+    events: int
+    cancelled: bool
+    best_metric: float | None
+    iterations_run: int
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    prediction: Prediction | None  # None when cancelled
+    slices: list[int] | None
+    elapsed_s: float
+    cancelled: bool = False
+
+
+TrainMessage = Union[TrainStarted, "TrainEvent", PreviewUpdate]
+
+
+@dataclass
+class TrainRequest:
+    """Everything a training run needs, gathered on the main thread at Start."""
+
+    image: Any  # level-0 (Z, Y, X) or (Y, X) array, possibly lazy
+    labels: np.ndarray  # snapshot of the annotation layer
+    config: TrainingConfig
+    model: UNetConfig | None = None  # architecture when training from scratch
+    init: Path | TrainedModel | None = None  # checkpoint to fine-tune
+    preview_every: int = 0  # 0: no live preview
+    preview_z: Callable[[], int | None] = field(default=lambda: None)
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions whose message tells the user what to change."""
+    import torch
+
+    types: list[type[BaseException]] = [ValueError, FloatingPointError, OSError, MemoryError]
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None:
+        types.append(oom)
+    return tuple(types)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message for the status line and the notification."""
+    text = str(exc) or type(exc).__name__
+    if "out of memory" in text.lower() or isinstance(exc, MemoryError):
+        return (
+            f"Out of memory ({text.splitlines()[0][:160]}). Lower the batch size, patch size or "
+            "tile size, or choose a smaller model."
+        )
+    return text
+
+
+# --------------------------------------------------------------------------- training
+class _BestKeeper:
+    """CPU copy of the weights at each new best validation, for when training dies.
+
+    The trainer keeps its best model on cancel, but an exception inside its loop
+    (say, running out of GPU memory at iteration 400) would lose it; this keeps
+    the user's progress in that case too.
+    """
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+        self.iteration = 0
+        self.metric: float | None = None
+
+    def update(self, trainer: Trainer, event: TrainEvent) -> None:
+        if event.is_best:
+            self.state = {
+                k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()
+            }
+            self.iteration = event.iteration
+            self.metric = event.val_metric
+
+    def model(self, trainer: Trainer, reason: str) -> TrainedModel | None:
+        if self.state is None:
+            return None
+        from ..checkpoint import TrainedModel
+        from ..model import UNet
+
+        net = UNet(trainer.model.config)
+        net.load_state_dict(self.state)
+        net.eval()
+        return TrainedModel(
+            model=net,
+            normalization=trainer.normalization,
+            annotation=trainer.config.annotation,
+            class_names=list(trainer.class_names),
+            training={
+                "iteration": int(self.iteration),
+                "best_val_dice": self.metric,
+                "stopped_by_error": reason,
+                "annotated_slices": [int(s.z) for s in trainer.slices],
+            },
+        )
+
+
+def _preview_model(trainer: Trainer) -> TrainedModel:
+    """A frozen copy of the model being trained, to predict with between iterations."""
+    from ..checkpoint import TrainedModel
+
+    net = copy.deepcopy(trainer.model)
+    net.eval()
+    norm = trainer.normalization
+    if norm.method == "percentile":
+        # the training stack's statistics: no percentile pass over the stack per preview
+        norm = replace(norm, method="fixed")
+    return TrainedModel(
+        model=net,
+        normalization=norm,
+        annotation=trainer.config.annotation,
+        class_names=list(trainer.class_names),
+    )
+
+
+def predict_slice(
+    model: TrainedModel, image: Any, z: int | None, *, device: str, batch_size: int
+) -> np.ndarray:
+    """Semantic labels of one (Y, X) slice; reads only that slice of a lazy stack."""
+    from ..inference import predict
+
+    plane = np.asarray(image if z is None else image[z])
+    return predict(model, plane, device=device, batch_size=batch_size, probabilities=False).semantic
+
+
+def _release(device: str) -> None:
+    """Hand cached GPU memory back once the copies used for a preview are gone."""
+    import gc
+
+    from .. import devices
+
+    gc.collect()
+    devices.release_memory(devices.resolve_device(device))
+
+
+def train_job(
+    request: TrainRequest, cancel: threading.Event
+) -> Generator[TrainMessage, None, TrainOutcome | JobFailed]:
+    """Build a trainer, run it, and yield events and live previews.
+
+    ``cancel`` is set from the main thread; the trainer is asked to stop after
+    the current iteration and still returns its best model.
+    """
+    from ..training import Trainer
+
+    started = time.perf_counter()
+    errors = user_error_types()
+    try:
+        trainer = Trainer(
+            request.image, request.labels, request.config, model=request.model, init=request.init
+        )
+    except errors as exc:
+        logger.info("training not started: %s", exc)
+        return JobFailed(describe_error(exc))
+    if cancel.is_set():  # cancelled while the weight maps were computed
+        trainer.cancel()
+    yield TrainStarted(trainer.summary(), tuple(trainer.reinitialised))
+    keeper = _BestKeeper()
+    device = str(trainer.device)
+    n_events = 0
+    last: TrainEvent | None = None
+    try:
+        for event in trainer:
+            if cancel.is_set():
+                trainer.cancel()
+            n_events += 1
+            last = event
+            if not event.done:
+                keeper.update(trainer, event)
+            yield event
+            if cancel.is_set():
+                trainer.cancel()
+            every = request.preview_every
+            if every and not event.done and not trainer.cancelled and event.iteration % every == 0:
+                z = request.preview_z()
+                labels = predict_slice(
+                    _preview_model(trainer),
+                    request.image,
+                    z,
+                    device=device,
+                    batch_size=request.config.batch_size,
+                )
+                yield PreviewUpdate(z, labels, event.iteration)
+    except errors as exc:
+        message = describe_error(exc)
+        logger.warning("training stopped by an error: %s", message)
+        return JobFailed(message, keeper.model(trainer, message), last.iteration if last else 0)
+    result = trainer.result
+    assert result is not None  # the trainer sets it when its loop ends normally
+    if request.preview_every:
+        # the final model on the slice in view; a copy, so the result stays on the CPU
+        z = request.preview_z()
+        try:
+            labels = predict_slice(
+                result.copy(), request.image, z, device=device, batch_size=request.config.batch_size
+            )
+        finally:
+            _release(device)
+        yield PreviewUpdate(z, labels, last.iteration if last else 0, final=True)
+    return TrainOutcome(
+        model=result,
+        events=n_events,
+        cancelled=bool(last.cancelled) if last else True,
+        best_metric=last.best_metric if last else None,
+        iterations_run=last.iteration if last else 0,
+        elapsed_s=time.perf_counter() - started,
+    )
+
+
+# --------------------------------------------------------------------------- segmentation
+@dataclass
+class SegmentRequest:
+    model: TrainedModel
+    image: Any
+    slices: list[int] | None
+    tile_size: int | None
+    batch_size: int
+    tta: bool
+    device: str
+    instances: bool
+    min_size: int
+    probabilities: bool
+
+
+def segment_job(
+    request: SegmentRequest, cancel: threading.Event
+) -> Generator[PredictProgress, None, SegmentOutcome | JobFailed]:
+    """Predict slice by slice, yielding progress; cancel stops between tiles."""
+    from .. import devices
+    from ..errors import Cancelled
+    from ..inference import predict_steps
+
+    started = time.perf_counter()
+    errors = user_error_types()
+    model = request.model
+    try:
+        prediction = yield from predict_steps(
+            model,
+            request.image,
+            slices=request.slices,
+            tile_size=request.tile_size,
+            batch_size=request.batch_size,
+            tta=request.tta,
+            device=request.device,
+            probabilities=request.probabilities,
+            instances=request.instances,
+            min_size=request.min_size,
+            should_stop=cancel.is_set,
+        )
+    except Cancelled:
+        return SegmentOutcome(None, request.slices, time.perf_counter() - started, cancelled=True)
+    except errors as exc:
+        logger.info("segmentation failed: %s", exc)
+        return JobFailed(describe_error(exc))
+    finally:
+        # the shared model goes back to the CPU so no GPU memory stays held after the run
+        model.model.to("cpu")
+        try:
+            devices.release_memory(devices.resolve_device(request.device))
+        except ValueError:
+            pass
+    return SegmentOutcome(prediction, request.slices, time.perf_counter() - started)

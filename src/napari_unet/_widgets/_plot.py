@@ -1,0 +1,146 @@
+"""Live training plot inside the dock: loss per iteration and validation Dice.
+
+Users decide when a model is good enough by watching the curves flatten, so
+the plot lives in the Train widget itself rather than in a terminal. It is a
+plain matplotlib ``Figure`` (no pyplot, so no global figure state) in a Qt
+canvas. Points arrive on the main thread, up to many per second on a GPU;
+redrawing is throttled to a few frames per second so plotting never slows
+training or the event loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
+
+_REDRAW_MS = 250
+
+
+class TrainingPlot(QWidget):
+    """Loss (left axis) and validation Dice (right axis, 0..1) against iteration."""
+
+    def __init__(
+        self, parent: QWidget | None = None, *, colors: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(parent)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        c = {"background": "#262930", "foreground": "#414851", "text": "#f0f1f2"}
+        c.update(colors or {})
+        self.figure = Figure(
+            figsize=(3.6, 2.2), dpi=90, layout="constrained", facecolor=c["background"]
+        )
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(170)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.canvas)
+
+        ax = self.figure.add_subplot()
+        ax2 = ax.twinx()
+        for a in (ax, ax2):
+            a.set_facecolor(c["background"])
+            a.tick_params(colors=c["text"], labelsize=7)
+            for spine in a.spines.values():
+                spine.set_color(c["foreground"])
+        ax.set_xlabel("iteration", color=c["text"], fontsize=8)
+        ax.set_ylabel("training loss", color="#6fa8dc", fontsize=8)
+        ax2.set_ylabel("validation Dice", color="#f6b26b", fontsize=8)
+        ax2.set_ylim(0.0, 1.0)
+        (self._loss_line,) = ax.plot([], [], color="#6fa8dc", lw=0.8, alpha=0.45)
+        (self._smooth_line,) = ax.plot([], [], color="#6fa8dc", lw=1.6)
+        (self._val_line,) = ax2.plot([], [], color="#f6b26b", lw=1.2, marker="o", ms=3)
+        self._ax, self._ax2 = ax, ax2
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xticks([])
+        self._hint = ax.text(
+            0.5,
+            0.5,
+            "training loss and validation Dice\nappear here during training",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color=c["text"],
+            fontsize=8,
+            alpha=0.7,
+        )
+
+        self.iterations: list[int] = []
+        self.losses: list[float] = []
+        self.smoothed: list[float] = []
+        self.val_iterations: list[int] = []
+        self.val_metrics: list[float] = []
+        self._total = 1
+        self._dirty = False
+        self._timer = QTimer(self)
+        self._timer.setInterval(_REDRAW_MS)
+        self._timer.timeout.connect(self._redraw_if_dirty)
+        self._timer.start()
+
+    # -- data ---------------------------------------------------------------
+    def reset(self, total: int) -> None:
+        """Forget the previous run; the x axis spans ``total`` iterations."""
+        self._total = max(1, int(total))
+        for series in (
+            self.iterations,
+            self.losses,
+            self.smoothed,
+            self.val_iterations,
+            self.val_metrics,
+        ):
+            series.clear()
+        self._dirty = True
+        self.redraw()
+
+    def add_point(self, iteration: int, loss: float, val_metric: float | None = None) -> None:
+        """Record one training iteration (and its validation Dice, when it was validated)."""
+        if math.isfinite(loss):
+            self.iterations.append(int(iteration))
+            self.losses.append(float(loss))
+            # exponential moving average: the trend, readable through noisy per-batch losses
+            prev = self.smoothed[-1] if self.smoothed else float(loss)
+            self.smoothed.append(0.9 * prev + 0.1 * float(loss) if self.smoothed else float(loss))
+        if val_metric is not None and math.isfinite(val_metric):
+            self.val_iterations.append(int(iteration))
+            self.val_metrics.append(float(val_metric))
+        self._dirty = True
+
+    @property
+    def n_points(self) -> int:
+        return len(self.iterations)
+
+    # -- drawing --------------------------------------------------------------
+    def _redraw_if_dirty(self) -> None:
+        if self._dirty:
+            self.redraw()
+
+    def redraw(self) -> None:
+        """Draw now (the timer calls this at most every 250 ms while points arrive)."""
+        from matplotlib.ticker import AutoLocator
+
+        self._dirty = False
+        if self.iterations and self._hint.get_visible():  # first points: drop the hint
+            self._hint.set_visible(False)
+            self._ax.xaxis.set_major_locator(AutoLocator())
+        self._loss_line.set_data(self.iterations, self.losses)
+        self._smooth_line.set_data(self.iterations, self.smoothed)
+        self._val_line.set_data(self.val_iterations, self.val_metrics)
+        self._ax.set_xlim(0, max(self._total, self.iterations[-1] if self.iterations else 1))
+        if self.losses:
+            lo, hi = min(self.losses), max(self.losses)
+            pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
+            self._ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        self.canvas.draw_idle()
+
+    def image_rgba(self) -> Any:
+        """The rendered plot as an RGBA array (for tests and screenshots)."""
+        import numpy as np
+
+        self.canvas.draw()
+        return np.asarray(self.canvas.buffer_rgba()).copy()
