@@ -22,8 +22,8 @@ import queue
 import threading
 import uuid
 from dataclasses import dataclass
-from struct import error as struct_error  # tifffile raises it for some damaged headers
 from pathlib import Path
+from struct import error as struct_error  # tifffile raises it for some damaged headers
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -131,7 +131,8 @@ def write_tiff(
             kwargs["imagej"] = True
     tmp = _temp_beside(path)
     try:
-        tifffile.imwrite(tmp, data, compression=compression, **kwargs)
+        # grey always: tifffile would take a (3, Y, X) stack for a planar RGB image
+        tifffile.imwrite(tmp, data, compression=compression, photometric="minisblack", **kwargs)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -385,6 +386,7 @@ def tiff_write_options(
     if spacing is not None and len(shape) == 3 and len(spacing) == 3:
         meta["spacing"] = float(spacing[0])
     kwargs: dict[str, Any] = {
+        "photometric": "minisblack",  # a (3, Y, X) stack is not a planar RGB image
         "bigtiff": bigtiff,
         "imagej": dtype in _IMAGEJ_DTYPES and not bigtiff,
         "metadata": meta,

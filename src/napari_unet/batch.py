@@ -1,0 +1,623 @@
+"""Batch segmentation of TIFF stacks, including stacks far larger than memory.
+
+The same trained model is applied to many files, unattended. Every input is
+read lazily (:class:`~napari_unet.tiff_io.TiffSlices`), predicted slice by
+slice and written page by page to hidden temporary files that are renamed
+into place only when the whole file is done; so peak memory is a few slices
+whatever the depth, and an interrupted batch resumes where it stopped
+(finished outputs are skipped, no half-written file carries a final name).
+
+Outputs for ``<stem>.tif``, all with the input's Z/Y/X shape (no extra axis),
+zlib-compressed, with its pixel size, z spacing and unit:
+
+- ``<stem>_labels.tif``: semantic class ids as uint8 (0 = background).
+- ``<stem>_instances.tif`` (``instances=True``): object ids, labelled per
+  z-slice in 2D (EM sections are anisotropic, and per-slice labelling keeps
+  memory flat), with ids unique across the whole stack (slice ``z``'s ids
+  follow slice ``z - 1``'s). uint16 when the last id fits, else uint32:
+  the ids are written as uint32 first, then re-encoded page by page.
+- ``<stem>_probabilities.tif`` (``probabilities=True``): foreground
+  probability ``1 - p(background)``, uint8 scaled to 0..255 or float16.
+- ``<stem>_provenance.json``: model path and sha256, settings, package and
+  torch versions, timings, input shape. Written last: it marks a finished file.
+
+A damaged or unsuitable input (corrupt, truncated, 4D, RGB, too small) gives
+a ``"failed"`` :class:`FileResult` with the reason and the batch goes on.
+``should_stop`` cancels cooperatively: :class:`~napari_unet.errors.Cancelled`
+is raised (with the finished files' results as its ``results`` attribute)
+after the current file's temporary outputs are deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import glob
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generator, Sequence
+
+import numpy as np
+
+from . import __version__
+from ._validation import as_stack, check_finite, check_positive_int
+from .errors import Cancelled
+from .tiff_io import TIFF_SUFFIXES, TiffPageWriter, TiffSlices, write_tiff_pages
+
+logger = logging.getLogger(__name__)
+
+StopCallback = Callable[[], bool]
+
+#: Output kinds, in the order they are renamed into place (provenance last).
+LABELS, INSTANCES, PROBABILITIES, PROVENANCE = "labels", "instances", "probabilities", "provenance"
+_SUFFIX = {
+    LABELS: "_labels.tif",
+    INSTANCES: "_instances.tif",
+    PROBABILITIES: "_probabilities.tif",
+    PROVENANCE: "_provenance.json",
+}
+PROBABILITY_DTYPES = ("uint8", "float16")
+INSTANCE_METHODS = ("components", "watershed")
+_UINT16_MAX = int(np.iinfo(np.uint16).max)
+_UINT32_MAX = int(np.iinfo(np.uint32).max)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What to write and how to predict; the same for every file of a batch.
+
+    ``min_size`` and ``instance_method`` apply to instances only
+    (see :func:`napari_unet.postprocess.instance_labels`); ``tile_size``,
+    ``batch_size``, ``tta`` and ``device`` to prediction
+    (see :class:`napari_unet.overlap_tile.TilePredictor`).
+    """
+
+    instances: bool = False
+    probabilities: bool = False
+    probability_dtype: str = "uint8"  # or "float16"
+    tile_size: int | None = None
+    batch_size: int = 4
+    tta: bool = False
+    device: str = "auto"
+    overwrite: bool = False
+    min_size: int = 0
+    instance_method: str = "components"
+
+    def __post_init__(self) -> None:
+        if self.probability_dtype not in PROBABILITY_DTYPES:
+            raise ValueError(
+                f"probability_dtype must be one of {PROBABILITY_DTYPES}, got {self.probability_dtype!r}"
+            )
+        if self.instance_method not in INSTANCE_METHODS:
+            raise ValueError(
+                f"instance_method must be one of {INSTANCE_METHODS}, got {self.instance_method!r}"
+            )
+        check_positive_int(self.batch_size, "batch_size")
+        check_positive_int(self.min_size, "min_size", minimum=0)
+        if self.tile_size is not None:
+            check_positive_int(self.tile_size, "tile_size")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class FileResult:
+    """What happened to one input: ``status`` is ``"done"``, ``"skipped"`` or ``"failed"``."""
+
+    input: Path
+    status: str
+    outputs: list[Path] = field(default_factory=list)
+    reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "skipped")
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """Progress of a batch; ``result`` is set on the event that finishes a file."""
+
+    file_index: int
+    n_files: int
+    path: Path
+    slices_done: int
+    slices_total: int
+    result: FileResult | None = None
+
+
+# ---------------------------------------------------------------------------
+# Inputs and output names
+
+
+def _natural_key(path: Path) -> list[Any]:
+    """Sort ``slice_2`` before ``slice_10``, as a biologist reading a folder expects."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(path))]
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in TIFF_SUFFIXES and not path.name.startswith(".")
+
+
+def expand_inputs(inputs: Sequence[str | os.PathLike] | str | os.PathLike) -> list[Path]:
+    """Files, folders (their ``*.tif``/``*.tiff``, not recursive) and globs -> sorted unique files.
+
+    An explicitly named file is taken whatever its suffix (it fails later if it
+    is no TIFF). A named path that does not exist is a ``ValueError`` (a typo
+    should not cost a night's run); so is an empty result.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    found: list[Path] = []
+    missing: list[str] = []
+    for item in inputs:
+        text = os.fspath(item)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found.extend(p for p in path.iterdir() if p.is_file() and _is_tiff(p))
+        elif path.is_file():
+            found.append(path)
+        elif glob.has_magic(text):
+            matches = [Path(p) for p in glob.glob(os.path.expanduser(text))]
+            found.extend(p for p in matches if p.is_file() and _is_tiff(p))
+        else:
+            missing.append(text)
+    if missing:
+        raise ValueError(f"input not found: {', '.join(missing)}")
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    if not unique:
+        raise ValueError(f"no .tif/.tiff files found in {', '.join(os.fspath(i) for i in inputs)}")
+    return sorted(unique.values(), key=_natural_key)
+
+
+def output_paths(input: Path, outdir: Path, options: BatchOptions) -> dict[str, Path]:
+    """Where the outputs of ``input`` go: ``{kind: path}`` for the kinds ``options`` asks for."""
+    stem = Path(input).name
+    for suffix in sorted(TIFF_SUFFIXES, key=len, reverse=True):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    kinds = [LABELS]
+    if options.instances:
+        kinds.append(INSTANCES)
+    if options.probabilities:
+        kinds.append(PROBABILITIES)
+    kinds.append(PROVENANCE)
+    return {k: Path(outdir) / f"{stem}{_SUFFIX[k]}" for k in kinds}
+
+
+def _conflicts(paths: list[Path], outdir: Path, options: BatchOptions) -> dict[Path, FileResult]:
+    """Inputs that must not run: outputs of another input, or sharing output names with one."""
+    owner: dict[Path, Path] = {}
+    produced: dict[Path, Path] = {}
+    for p in paths:
+        for out in output_paths(p, outdir, options).values():
+            produced.setdefault(out.resolve(), p)
+    found: dict[Path, FileResult] = {}
+    for p in paths:
+        source = produced.get(p.resolve())
+        if source is not None and source != p:
+            found[p] = FileResult(p, "skipped", reason=f"it is an output of {source.name}")
+            continue
+        labels = output_paths(p, outdir, options)[LABELS].resolve()
+        first = owner.setdefault(labels, p)
+        if first != p:
+            found[p] = FileResult(
+                p,
+                "failed",
+                reason=f"its outputs would overwrite those of {first} (same file name); "
+                "segment it into another output folder",
+            )
+    return found
+
+
+# ---------------------------------------------------------------------------
+# The model and what identifies it
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Checksum of a file, read in chunks (checkpoints can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _weights_sha256(trained: Any) -> str:
+    """Checksum of an in-memory model's weights (no file to hash)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trained.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def resolve_model_path(model: str | os.PathLike) -> Path:
+    """A checkpoint path, with ``"default"`` meaning the pretrained model shipped with the package."""
+    if os.fspath(model) == "default" and not Path("default").exists():
+        from .pretrained import default_checkpoint
+
+        path = default_checkpoint()
+        if path is None:
+            raise ValueError(
+                "no pretrained default model ships with this napari-unet version yet; train one "
+                "(napari-unet train IMAGE LABELS -o model.pt) and pass its path"
+            )
+        return path
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise ValueError(f"model file not found: {path}")
+    return path
+
+
+def load_model(model: Any) -> tuple[Any, dict[str, Any]]:
+    """``(TrainedModel, identity)`` for a TrainedModel, a checkpoint path or ``"default"``.
+
+    ``identity`` (path and sha256) goes into every provenance record.
+    """
+    from .checkpoint import TrainedModel, load_checkpoint
+
+    if isinstance(model, TrainedModel):
+        return model, {"path": None, "weights_sha256": _weights_sha256(model)}
+    if not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a TrainedModel or a checkpoint path, got {type(model).__name__}")
+    path = resolve_model_path(model)
+    trained = load_checkpoint(path)
+    return trained, {"path": str(path.resolve()), "sha256": file_sha256(path)}
+
+
+def _model_record(trained: Any, identity: dict[str, Any]) -> dict[str, Any]:
+    training = trained.training or {}
+    return {
+        **identity,
+        "class_names": list(trained.class_names),
+        "config": trained.config.to_dict(),
+        "normalization": trained.normalization.to_dict(),
+        "trained_iterations": training.get("iteration"),
+        "best_val_dice": training.get("best_val_dice"),
+    }
+
+
+class _Engine:
+    """A model on its device plus its identity: built once per batch (or worker)."""
+
+    def __init__(self, trained: Any, identity: dict[str, Any], options: BatchOptions) -> None:
+        from .overlap_tile import TilePredictor
+
+        self.trained = trained
+        self.identity = identity
+        self.predictor = TilePredictor(
+            trained.model,
+            tile_size=options.tile_size,
+            batch_size=options.batch_size,
+            tta=options.tta,
+            device=options.device,
+        )
+
+
+# ---------------------------------------------------------------------------
+# One file
+
+
+def _check_input(reader: TiffSlices) -> None:
+    """Reject shapes and dtypes the network cannot take, without reading pixels."""
+    # a zero-stride view has the file's shape and dtype and costs no memory
+    as_stack(np.broadcast_to(np.zeros((), reader.dtype), reader.shape), reader.path.name)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line for the summary table: our own errors speak for themselves."""
+    text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    if isinstance(exc, (ValueError, OSError)) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomically, like the TIFFs (a half-written JSON would mark a file as done)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _narrow_to_uint16(tmp: Path, shape: tuple[int, ...], spacing: Any, unit: Any) -> Path:
+    """Re-encode a finished uint32 temporary labels file as uint16, page by page."""
+    target = tmp.with_name(tmp.name + ".u16")
+    with TiffSlices(tmp) as src:
+        depth = 1 if len(shape) == 2 else shape[0]
+        pages = (src.slice(z).astype(np.uint16) for z in range(depth))
+        write_tiff_pages(target, pages, shape, np.uint16, spacing=spacing, unit=unit, overwrite=True)
+    tmp.unlink(missing_ok=True)
+    return target
+
+
+def _segment_file(
+    engine: _Engine,
+    path: Path,
+    outdir: Path,
+    options: BatchOptions,
+    should_stop: StopCallback | None,
+) -> Generator[tuple[int, int], None, FileResult]:
+    from .normalization import Normalization
+    from .postprocess import instance_labels, semantic_labels
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    targets = output_paths(path, outdir, options)
+    present = [k for k, p in targets.items() if p.exists()]
+    if not options.overwrite and len(present) == len(targets):
+        return FileResult(path, "skipped", [targets[k] for k in targets], "outputs exist")
+    # without overwrite, outputs that exist (e.g. labels, when probabilities are
+    # asked for on a second run) are kept and only the missing ones are written
+    wanted = [k for k in targets if k != PROVENANCE and (options.overwrite or k not in present)]
+    kept = [targets[k] for k in present if k != PROVENANCE and k not in wanted]
+
+    writers: dict[str, TiffPageWriter] = {}
+    temps: list[Path] = []
+    committed: list[Path] = []
+    reader: TiffSlices | None = None
+    try:
+        reader = TiffSlices(path)
+        _check_input(reader)
+        shape = reader.shape
+        depth = 1 if reader.ndim == 2 else shape[0]
+        yield 0, depth
+        if should_stop is not None and should_stop():
+            raise Cancelled("batch cancelled")
+
+        trained = engine.trained
+        predictor = engine.predictor
+        predictor.should_stop = should_stop
+        predictor.progress = None
+        stack = reader if reader.ndim == 3 else reader.slice(0)[None]
+        t_stats = time.perf_counter()
+        low, high = trained.normalization.statistics(stack)
+        t_stats = time.perf_counter() - t_stats
+
+        meta = {"spacing": reader.spacing, "unit": reader.unit, "overwrite": True}
+        if LABELS in wanted:
+            writers[LABELS] = TiffPageWriter(targets[LABELS], shape, np.uint8, **meta)
+        if INSTANCES in wanted:
+            # ids grow through the stack: uint32 now, uint16 at the end if they fit
+            writers[INSTANCES] = TiffPageWriter(targets[INSTANCES], shape, np.uint32, **meta)
+        if PROBABILITIES in wanted:
+            writers[PROBABILITIES] = TiffPageWriter(
+                targets[PROBABILITIES], shape, np.dtype(options.probability_dtype), **meta
+            )
+
+        next_id = 0
+        t_predict = 0.0
+        for z in range(depth):
+            if should_stop is not None and should_stop():
+                raise Cancelled("batch cancelled")
+            raw = reader.slice(z)
+            check_finite(raw, "image", f" (slice {z})")
+            t1 = time.perf_counter()
+            probs = predictor.predict_slice(Normalization.apply(raw, low, high))
+            t_predict += time.perf_counter() - t1
+            semantic = semantic_labels(probs)
+            foreground_p = None
+            if PROBABILITIES in writers or (INSTANCES in writers and options.instance_method == "watershed"):
+                foreground_p = 1.0 - probs[0]
+            if LABELS in writers:
+                writers[LABELS].write(semantic)
+            if INSTANCES in writers:
+                ids = instance_labels(
+                    semantic > 0,
+                    method=options.instance_method,  # type: ignore[arg-type]
+                    min_size=options.min_size,
+                    probabilities=foreground_p if options.instance_method == "watershed" else None,
+                )
+                n = int(ids.max()) if ids.size else 0
+                if next_id + n > _UINT32_MAX:
+                    raise ValueError(f"more than {_UINT32_MAX} objects; cannot store them as uint32")
+                if n:
+                    ids[ids > 0] += np.uint32(next_id)
+                    next_id += n
+                writers[INSTANCES].write(ids)
+            if PROBABILITIES in writers:
+                if options.probability_dtype == "uint8":
+                    page = np.rint(np.clip(foreground_p, 0.0, 1.0) * 255.0).astype(np.uint8)
+                else:
+                    page = foreground_p.astype(np.float16)
+                writers[PROBABILITIES].write(page)
+            del probs, semantic, foreground_p
+            yield z + 1, depth
+
+        # everything computed: finish the temporary files, then rename them all
+        finals: dict[str, Path] = {}
+        dtypes: dict[str, str] = {}
+        for kind, writer in list(writers.items()):
+            tmp = writer.finish()
+            temps.append(tmp)  # ours to rename or delete from here on
+            del writers[kind]
+            dtypes[kind] = str(writer.dtype)
+            if kind == INSTANCES and next_id <= _UINT16_MAX:
+                tmp = _narrow_to_uint16(tmp, shape, reader.spacing, reader.unit)
+                temps.append(tmp)
+                dtypes[kind] = "uint16"
+            finals[kind] = tmp
+        if should_stop is not None and should_stop():
+            raise Cancelled("batch cancelled")
+        for kind in (LABELS, INSTANCES, PROBABILITIES):
+            if kind in finals:
+                os.replace(finals[kind], targets[kind])
+                committed.append(targets[kind])
+        seconds = time.perf_counter() - t0
+        pixels = int(np.prod(shape))
+        record = {
+            "napari_unet_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "input": {
+                "path": str(path.resolve()),
+                "shape": list(shape),
+                "dtype": str(reader.dtype),
+                "spacing": None if reader.spacing is None else list(reader.spacing),
+                "unit": reader.unit,
+                "bytes": path.stat().st_size,
+            },
+            "model": _model_record(trained, engine.identity),
+            "settings": {
+                **options.to_dict(),
+                "tile_size_used": predictor.tile_size,
+                "device_used": str(predictor.device),
+                "normalization_low_high": [low, high],
+            },
+            "outputs": {k: {"file": targets[k].name, "dtype": dtypes[k]} for k in finals},
+            "kept_existing": [p.name for p in kept],
+            "instances": None
+            if INSTANCES not in finals
+            else {"labelling": "2D per slice, ids unique across the stack", "count": next_id},
+            "timings": {
+                "seconds": round(seconds, 3),
+                "statistics_seconds": round(t_stats, 3),
+                "network_seconds": round(t_predict, 3),
+                "megapixels_per_second": round(pixels / 1e6 / max(seconds, 1e-9), 3),
+            },
+            "environment": _environment(),
+        }
+        _write_json(targets[PROVENANCE], record)
+        committed.append(targets[PROVENANCE])
+        return FileResult(path, "done", committed + kept, "", seconds)
+    except Cancelled:
+        raise
+    except Exception as exc:  # one bad file must not stop the batch: report it and go on
+        logger.debug("segmenting %s failed", path, exc_info=True)
+        return FileResult(path, "failed", committed, _reason(exc), time.perf_counter() - t0)
+    finally:
+        for writer in writers.values():
+            writer.abort()
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        if reader is not None:
+            reader.close()
+
+
+def _environment() -> dict[str, Any]:
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(terse=True),
+    }
+
+
+def segment_file_steps(
+    model: Any,
+    path: Path,
+    outdir: Path,
+    options: BatchOptions = BatchOptions(),
+    should_stop: StopCallback | None = None,
+) -> Generator[tuple[int, int], None, FileResult]:
+    """Segment one file: yields ``(slices_done, slices_total)``, returns its :class:`FileResult`.
+
+    ``model`` is a :class:`~napari_unet.checkpoint.TrainedModel` (or a
+    checkpoint path). Raises :class:`~napari_unet.errors.Cancelled` when
+    ``should_stop()`` turns true, after deleting the temporary outputs.
+    """
+    trained, identity = load_model(model)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    engine = _Engine(trained, identity, options)
+    return (yield from _segment_file(engine, Path(path), outdir, options, should_stop))
+
+
+# ---------------------------------------------------------------------------
+# Many files
+
+
+def batch_segment_steps(
+    model: Any,
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike,
+    outdir: str | os.PathLike,
+    options: BatchOptions = BatchOptions(),
+    should_stop: StopCallback | None = None,
+) -> Generator[BatchProgress, None, list[FileResult]]:
+    """Segment every input; yields :class:`BatchProgress` per slice, returns the results.
+
+    Problems with the batch as a whole (no inputs, unreadable model, output
+    folder not writable) raise before any work; problems with one file are
+    reported in its result. The model is loaded and moved to its device once.
+    """
+    paths = expand_inputs(inputs)
+    outdir = Path(outdir).expanduser()
+    outdir.mkdir(parents=True, exist_ok=True)
+    if not os.access(outdir, os.W_OK):
+        raise ValueError(f"output folder {outdir} is not writable")
+    trained, identity = load_model(model)
+    engine = _Engine(trained, identity, options)
+    conflicts = _conflicts(paths, outdir, options)
+    results: list[FileResult] = []
+    n = len(paths)
+    logger.info("segmenting %d file(s) into %s on %s", n, outdir, engine.predictor.device)
+    for i, path in enumerate(paths):
+        if should_stop is not None and should_stop():
+            raise _cancelled(results, n)
+        result = conflicts.get(path)
+        total = 0
+        if result is None:
+            steps = _segment_file(engine, path, outdir, options, should_stop)
+            try:
+                while True:
+                    done, total = next(steps)
+                    yield BatchProgress(i, n, path, done, total)
+            except StopIteration as stop:
+                result = stop.value
+            except Cancelled:
+                raise _cancelled(results, n) from None
+        if result.status == "failed":
+            logger.info("%s failed: %s", path.name, result.reason)
+        results.append(result)
+        yield BatchProgress(i, n, path, total, total, result)
+    return results
+
+
+def _cancelled(results: list[FileResult], n: int) -> Cancelled:
+    exc = Cancelled(f"batch cancelled after {len(results)} of {n} file(s)")
+    exc.results = list(results)  # type: ignore[attr-defined]
+    return exc
+
+
+def batch_segment(
+    model: Any,
+    inputs: Sequence[str | os.PathLike] | str | os.PathLike,
+    outdir: str | os.PathLike,
+    options: BatchOptions = BatchOptions(),
+    should_stop: StopCallback | None = None,
+    callback: Callable[[BatchProgress], None] | None = None,
+) -> list[FileResult]:
+    """Run :func:`batch_segment_steps` to the end; ``callback`` sees every progress event."""
+    steps = batch_segment_steps(model, inputs, outdir, options, should_stop)
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as stop:
+            return stop.value
+        if callback is not None:
+            callback(event)
+
+
+def summarize_results(results: Sequence[FileResult]) -> dict[str, int]:
+    """Counts per status, e.g. ``{"done": 3, "skipped": 1, "failed": 0}``."""
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
