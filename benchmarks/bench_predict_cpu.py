@@ -77,7 +77,7 @@ def main() -> None:
         predictor = TilePredictor(model, tile_size=tile, batch_size=args.batch, device="cpu")
         t = predictor.tile_size
         useful = t**2 / (t + 2 * model.margin) ** 2
-        seconds = timed(lambda: predictor.predict_slice(image), args.repeats)
+        seconds = timed(lambda p=predictor: p.predict_slice(image), args.repeats)
         diff = np.abs(predictor.predict_slice(image) - reference).max()
         print(
             f"{f'tile {t} ({predictor.n_tiles(image.shape)} tiles)':>28}: {seconds:7.3f} s  "

@@ -36,6 +36,10 @@ _EXPORTS = {
     "Cancelled": "errors",
     "CheckpointError": "errors",
     "synthetic_em_stack": "synthetic",
+    "BatchOptions": "batch",
+    "FileResult": "batch",
+    "batch_segment": "batch",
+    "batch_segment_steps": "batch",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -57,6 +61,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from .annotations import AnnotationSettings, summarize
     from .augment import AugmentConfig
+    from .batch import BatchOptions, FileResult, batch_segment, batch_segment_steps
     from .checkpoint import TrainedModel, load_checkpoint, save_checkpoint
     from .config import PRESETS, UNetConfig, preset
     from .errors import Cancelled, CheckpointError
