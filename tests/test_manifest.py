@@ -23,7 +23,11 @@ def test_manifest_is_valid_and_names_what_we_ship(manifest):
     assert manifest.name == "napari-unet"
     assert manifest.display_name == "napari-unet"
     widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
-    assert widgets == {"Train": "napari-unet.train_widget", "Segment": "napari-unet.segment_widget"}
+    assert widgets == {
+        "Train": "napari-unet.train_widget",
+        "Segment": "napari-unet.segment_widget",
+        "Batch": "napari-unet.batch_widget",
+    }
     assert [s.key for s in manifest.contributions.sample_data] == ["synthetic_em"]
     (reader,) = manifest.contributions.readers
     assert "*.tif" in reader.filename_patterns and "*.tiff" in reader.filename_patterns
@@ -60,6 +64,7 @@ def test_widget_modules_do_not_import_torch():
     code = (
         "import sys\n"
         "import napari_unet._widgets.train_widget, napari_unet._widgets.segment_widget\n"
+        "import napari_unet._widgets.batch_widget\n"
         "import napari_unet._reader, napari_unet._sample_data\n"
         "heavy = [m for m in ('torch', 'napari_unet.training', 'matplotlib') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
