@@ -82,6 +82,17 @@ def layer_choices(
     return choices
 
 
+def model_source_choices(latest: Any, shipped: Path | None) -> list[tuple[str, str]]:
+    """Model sources offered by the Segment and Batch panels: the one just trained first."""
+    choices = []
+    if latest is not None:
+        choices.append((f"just trained ({latest.description})", "trained"))
+    if shipped is not None:
+        choices.append(("built-in default (pretrained EM model)", "builtin"))
+    choices.append(("checkpoint file", "checkpoint"))
+    return choices
+
+
 def empty_path(value: Any) -> bool:
     """A FileEdit left empty (magicgui reports it as ``Path('.')``)."""
     return value is None or str(value) in ("", ".")

@@ -33,7 +33,14 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ._common import CheckpointCache, JobWidget, device_choices, device_problem, empty_path
+from ._common import (
+    CheckpointCache,
+    JobWidget,
+    device_choices,
+    device_problem,
+    empty_path,
+    model_source_choices,
+)
 from ._jobs import JobFailed, describe_error, user_error_types
 from ._state import models_for
 
@@ -225,14 +232,7 @@ class BatchWidget(JobWidget):
 
     # -- model ----------------------------------------------------------------------
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        choices = []
-        latest = self._store.latest
-        if latest is not None:
-            choices.append((f"just trained ({latest.description})", "trained"))
-        if self._shipped is not None:
-            choices.append(("built-in default (pretrained EM model)", "builtin"))
-        choices.append(("checkpoint file", "checkpoint"))
-        return choices
+        return model_source_choices(self._store.latest, self._shipped)
 
     def _on_models_published(self) -> None:
         self.model.reset_choices()

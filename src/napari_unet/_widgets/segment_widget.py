@@ -30,6 +30,7 @@ from ._common import (
     device_problem,
     empty_path,
     layer_choices,
+    model_source_choices,
 )
 from ._jobs import JobFailed, SegmentOutcome, SegmentRequest, segment_job
 from ._layers import (
@@ -177,14 +178,7 @@ class SegmentWidget(JobWidget):
 
     # -- model choices ----------------------------------------------------------
     def _model_choices(self, _widget: Any = None) -> list[tuple[str, str]]:
-        choices = []
-        latest = self._store.latest
-        if latest is not None:
-            choices.append((f"just trained ({latest.description})", "trained"))
-        if self._shipped is not None:
-            choices.append(("built-in default (pretrained EM model)", "builtin"))
-        choices.append(("checkpoint file", "checkpoint"))
-        return choices
+        return model_source_choices(self._store.latest, self._shipped)
 
     def _on_models_published(self) -> None:
         """A new model was trained: offer it and select it (unless a job is running)."""
