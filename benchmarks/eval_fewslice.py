@@ -1,0 +1,190 @@
+"""Few-slice accuracy on real EM: napari-unet vs. an ilastik-style random forest.
+
+Train on k annotated slices of the first 20 slices, evaluate on held-out slices.
+
+ISBI 2012 (30 slices): train on slices 0-19, evaluate on 20-29. Cells (label 255)
+are foreground; instances are 4-connected components of the foreground (for
+both ground truth and prediction). Per-slice metrics, averaged: adapted Rand
+error (skimage; background/membrane 0 of the ground truth is ignored), variation
+of information (split = H(pred|gt), merge = H(gt|pred)), pixel error.
+
+Lucchi (40 slices): train on slices 0-19, evaluate on 20-39; foreground IoU and
+Dice over the whole evaluation volume.
+
+Annotated slices (fixed, evenly spaced centres of k equal bins of the n=20
+training slices): z_i = floor((i + 0.5) * n / k), i.e. k=1: [10], k=2: [5, 15],
+k=5: [2, 6, 10, 14, 18], k=20: [0..19].
+
+Both methods see exactly the same annotated pixels (whole painted slices).
+
+Example::
+
+    python benchmarks/eval_fewslice.py --dataset isbi --k 2 20 --iterations 300 \\
+        --preset small --method both --out results.json
+    python benchmarks/eval_fewslice.py --quick      # synthetic smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from skimage.measure import label as cc_label
+from skimage.metrics import adapted_rand_error, variation_of_information
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _baseline_rf import RFSettings, predict_rf, train_rf  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+N_TRAIN = 20
+ISBI_KEYS = ("are", "vi_split", "vi_merge", "vi", "pixel_error")
+LUCCHI_KEYS = ("iou", "dice")
+
+
+def choose_slices(k: int, n: int = N_TRAIN) -> list[int]:
+    """Fixed evenly spaced choice of ``k`` of the slices ``0..n-1`` (bin centres)."""
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in 1..{n}, got {k}")
+    return [int((i + 0.5) * n / k) for i in range(k)]
+
+
+def load_dataset(name: str, data: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8 ZYX, binary foreground bool ZYX) of a real dataset."""
+    import tifffile
+
+    folder = {"isbi": "isbi2012", "lucchi": "lucchi_epfl_mito"}[name]
+    img = tifffile.imread(data / folder / "image.tif")
+    lab = tifffile.imread(data / folder / "labels.tif")
+    return np.asarray(img), np.asarray(lab) > 0
+
+
+def isbi_metrics(gt_fg: np.ndarray, pred_fg: np.ndarray) -> dict[str, float]:
+    """Per-slice instance metrics averaged over the slices (4-connected components)."""
+    rows = []
+    for g, p in zip(gt_fg, pred_fg):
+        gi = cc_label(g, connectivity=1)
+        pi = cc_label(p, connectivity=1)
+        are = float(adapted_rand_error(gi, pi)[0])
+        split, merge = (float(v) for v in variation_of_information(gi, pi))
+        rows.append((are, split, merge, split + merge, float(np.mean(g != p))))
+    mean = np.mean(np.array(rows), axis=0)
+    return dict(zip(ISBI_KEYS, (float(v) for v in mean)))
+
+
+def lucchi_metrics(gt_fg: np.ndarray, pred_fg: np.ndarray) -> dict[str, float]:
+    """Foreground IoU and Dice over the whole evaluation volume."""
+    inter = float(np.logical_and(gt_fg, pred_fg).sum())
+    union = float(np.logical_or(gt_fg, pred_fg).sum())
+    total = float(gt_fg.sum() + pred_fg.sum())
+    return {"iou": inter / union if union else 1.0, "dice": 2 * inter / total if total else 1.0}
+
+
+def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eval_sl: slice,
+             preset_name: str, iterations: int, extra: dict[str, Any]) -> tuple[np.ndarray, float, float]:
+    """Train napari-unet on the painted slices ``zs``; returns (pred, train_s, predict_s)."""
+    import napari_unet
+
+    labels = np.zeros(image[:n_train].shape, dtype=np.uint8)
+    for z in zs:
+        labels[z] = np.where(fg[z], 255, 0)
+    t0 = time.perf_counter()
+    model = napari_unet.train(image[:n_train], labels, iterations=iterations,
+                              model=napari_unet.preset(preset_name), **extra)
+    t1 = time.perf_counter()
+    pred = napari_unet.predict(model, image[eval_sl], probabilities=False)
+    t2 = time.perf_counter()
+    return np.asarray(pred.semantic) == 1, t1 - t0, t2 - t1
+
+
+def run_rf(image: np.ndarray, fg: np.ndarray, zs: list[int], eval_sl: slice,
+           settings: RFSettings) -> tuple[np.ndarray, float, float]:
+    """Train the random-forest baseline on the painted slices ``zs``."""
+    clf, t_train = train_rf(image, {z: fg[z] for z in zs}, settings)
+    pred, t_pred = predict_rf(clf, image[eval_sl], settings)
+    return pred, t_train, t_pred
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=("isbi", "lucchi"), default="isbi")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"data folder (default {DEFAULT_DATA})")
+    ap.add_argument("--k", type=int, nargs="+", default=[1, 2, 5, 20])
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--patch-size", type=int, default=None, help="U-Net training patch (default: engine's)")
+    ap.add_argument("--method", nargs="+", choices=("unet", "rf", "both"), default=["both"])
+    ap.add_argument("--rf-samples", type=int, default=200_000, help="max annotated pixels for the RF")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="tiny synthetic stack, tiny models (smoke run)")
+    ap.add_argument("--out", type=Path, default=None, help="write results as JSON here")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark; prints a table, returns (and optionally writes) the results."""
+    args = parse_args(argv)
+    methods = {"unet", "rf"} if "both" in args.method else set(args.method)
+    extra: dict[str, Any] = {"seed": args.seed}
+    rf = RFSettings(max_samples=args.rf_samples, seed=args.seed)
+    if args.quick:
+        from napari_unet.synthetic import synthetic_em_stack
+
+        stack = synthetic_em_stack((6, 64, 64), seed=args.seed)
+        image, fg = stack.image, stack.foreground
+        n_train, eval_sl, dataset = 4, slice(4, 6), "synthetic"
+        ks = sorted({min(k, n_train) for k in args.k if k <= 2} or {1})
+        args.preset, args.iterations = "tiny", 3
+        extra.update(patch_size=32, batch_size=2, val_every=10**9)
+        rf = RFSettings(n_estimators=5, n_jobs=1, sigma_max=4, max_samples=2000, seed=args.seed)
+        metric_fn, keys = isbi_metrics, ISBI_KEYS
+    else:
+        image, fg = load_dataset(args.dataset, args.data)
+        n_train, eval_sl, dataset = N_TRAIN, slice(N_TRAIN, image.shape[0]), args.dataset
+        ks = list(args.k)
+        if args.patch_size:
+            extra["patch_size"] = args.patch_size
+        metric_fn, keys = (isbi_metrics, ISBI_KEYS) if args.dataset == "isbi" else (lucchi_metrics, LUCCHI_KEYS)
+
+    gt = fg[eval_sl]
+    results: list[dict[str, Any]] = []
+    for k in ks:
+        zs = choose_slices(k, n_train)
+        for method in [m for m in ("unet", "rf") if m in methods]:
+            if method == "unet":
+                pred, t_tr, t_pr = run_unet(image, fg, zs, n_train, eval_sl, args.preset, args.iterations, extra)
+            else:
+                pred, t_tr, t_pr = run_rf(image, fg, zs, eval_sl, rf)
+            row = {"method": method, "k": k, "slices": zs, **metric_fn(gt, pred),
+                   "train_s": round(t_tr, 2), "predict_s": round(t_pr, 2)}
+            results.append(row)
+            print(json.dumps(row), flush=True)
+
+    print()
+    print(f"{'method':6} {'k':>3} " + " ".join(f"{k:>11}" for k in keys) + f" {'train_s':>9} {'predict_s':>9}")
+    for r in results:
+        print(f"{r['method']:6} {r['k']:>3} " + " ".join(f"{r[k]:>11.4f}" for k in keys)
+              + f" {r['train_s']:>9.1f} {r['predict_s']:>9.1f}")
+    report = {
+        "dataset": dataset, "train_slices": f"0-{n_train - 1}",
+        "eval_slices": f"{eval_sl.start}-{eval_sl.stop - 1}",
+        "unet": {"preset": args.preset, "iterations": args.iterations,
+                 **{k: v for k, v in extra.items() if k != "seed"}, "seed": args.seed},
+        "rf": {"n_estimators": rf.n_estimators, "n_jobs": rf.n_jobs, "sigma_min": rf.sigma_min,
+               "sigma_max": rf.sigma_max, "max_samples": rf.max_samples},
+        "host": {"machine": platform.machine(), "python": platform.python_version()},
+        "results": results,
+    }
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
