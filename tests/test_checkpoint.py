@@ -43,7 +43,7 @@ def test_roundtrip_is_exact_and_self_describing(tmp_path):
         assert torch.equal(v, back.model.state_dict()[k])
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == FORMAT and raw["format_version"] == 1 and "package_version" in raw
-    assert not any(p.name.endswith(".tmp") for p in tmp_path.iterdir())
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temporary file left
 
 
 def test_half_precision_checkpoint_is_smaller(tmp_path):

@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+def temp_beside(path: str | os.PathLike) -> Path:
+    """An empty hidden temporary file next to ``path`` (same file system: rename is atomic).
 
-    The temporary file lives in the same folder so that the final rename is
-    atomic on every local file system. On any exception it is removed.
+    Created with the usual permissions (0666 less the umask), unlike
+    ``tempfile.mkstemp``'s private 0600, so that outputs and checkpoints in a
+    shared lab folder stay readable by colleagues after the rename.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.part"
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"cannot create a temporary file beside {path}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    On any exception the temporary file is removed and the final name is untouched.
+    """
+    tmp = temp_beside(path)
     try:
-        yield Path(tmp)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise

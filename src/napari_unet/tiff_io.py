@@ -20,7 +20,6 @@ import math
 import os
 import queue
 import threading
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from struct import error as struct_error  # tifffile raises it for some damaged headers
@@ -28,6 +27,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import tifffile
+
+from ._atomic import atomic_path, temp_beside
 
 logger = logging.getLogger(__name__)
 
@@ -129,15 +130,9 @@ def write_tiff(
         kwargs["metadata"] = meta
         if data.dtype in (np.uint8, np.uint16, np.float32):  # ImageJ can open these with units
             kwargs["imagej"] = True
-    tmp = _temp_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         # grey always: tifffile would take a (3, Y, X) stack for a planar RGB image
         tifffile.imwrite(tmp, data, compression=compression, photometric="minisblack", **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -406,25 +401,6 @@ def _check_page_shape(shape: Any) -> tuple[int, ...]:
     return shape
 
 
-def _temp_beside(path: Path) -> Path:
-    """An empty hidden temporary file next to ``path`` (same file system: rename is atomic).
-
-    Created with the usual permissions (0666 less the umask), unlike
-    ``tempfile.mkstemp``'s private 0600, so that outputs in a shared lab
-    folder stay readable by colleagues after the rename.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.part"
-        try:
-            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(f"cannot create a temporary file beside {path}")
-
-
 def write_tiff_pages(
     path: str | os.PathLike,
     pages: Iterable[np.ndarray],
@@ -442,13 +418,8 @@ def write_tiff_pages(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     kwargs = tiff_write_options(shape, dtype, spacing=spacing, unit=unit, compression=compression)
-    tmp = _temp_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, iter(pages), shape=shape, dtype=np.dtype(dtype), **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -496,7 +467,7 @@ class TiffPageWriter:
         self._error: BaseException | None = None
         self._written = 0
         self._state = "open"  # -> "committed" | "aborted"
-        self.tmp = _temp_beside(self.path)
+        self.tmp = temp_beside(self.path)
         self._thread = threading.Thread(
             target=self._run, name=f"tiff-writer:{self.path.name}", daemon=True
         )
