@@ -64,15 +64,20 @@ def load_dataset(name: str, data: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(img), np.asarray(lab) > 0
 
 
-def isbi_metrics(gt_fg: np.ndarray, pred_fg: np.ndarray) -> dict[str, float]:
-    """Per-slice instance metrics averaged over the slices (4-connected components)."""
+def isbi_metrics(gt_fg: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Per-slice instance metrics averaged over the slices.
+
+    Ground-truth cells are 4-connected components of the foreground; ``pred``
+    is either a foreground mask (cells = its 4-connected components) or an
+    instance label image (its ids are the cells).
+    """
     rows = []
-    for g, p in zip(gt_fg, pred_fg):
+    for g, p in zip(gt_fg, pred):
         gi = cc_label(g, connectivity=1)
-        pi = cc_label(p, connectivity=1)
+        pi = cc_label(p, connectivity=1) if p.dtype == bool else p
         are = float(adapted_rand_error(gi, pi)[0])
         split, merge = (float(v) for v in variation_of_information(gi, pi))
-        rows.append((are, split, merge, split + merge, float(np.mean(g != p))))
+        rows.append((are, split, merge, split + merge, float(np.mean(g != (p != 0)))))
     mean = np.mean(np.array(rows), axis=0)
     return dict(zip(ISBI_KEYS, (float(v) for v in mean)))
 
@@ -85,21 +90,63 @@ def lucchi_metrics(gt_fg: np.ndarray, pred_fg: np.ndarray) -> dict[str, float]:
     return {"iou": inter / union if union else 1.0, "dice": 2 * inter / total if total else 1.0}
 
 
-def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eval_sl: slice,
-             preset_name: str, iterations: int, extra: dict[str, Any]) -> tuple[np.ndarray, float, float]:
-    """Train napari-unet on the painted slices ``zs``; returns (pred, train_s, predict_s)."""
+def _snapshot(trainer: Any) -> Any:
+    """The trainer's current weights as a TrainedModel (to evaluate mid-run)."""
+    import copy
+
+    from napari_unet.checkpoint import TrainedModel
+
+    model = copy.deepcopy(trainer.model).to("cpu").float().eval()
+    return TrainedModel(model=model, normalization=trainer.normalization,
+                        annotation=trainer.config.annotation, class_names=trainer.class_names)
+
+
+def predict_foreground(trained: Any, image: np.ndarray, tta: bool, instances: str) -> np.ndarray:
+    """Foreground mask, or instance labels when ``instances`` names a method."""
     import napari_unet
+
+    if instances == "components":
+        pred = napari_unet.predict(trained, image, probabilities=False, tta=tta)
+        return np.asarray(pred.semantic) == 1
+    pred = napari_unet.predict(trained, image, probabilities=False, tta=tta, instances=True,
+                               instance_method=instances)
+    return np.asarray(pred.instances)
+
+
+def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eval_sl: slice,
+             args: argparse.Namespace, extra: dict[str, Any],
+             on_checkpoint: Any = None) -> tuple[np.ndarray, float, float]:
+    """Train napari-unet on the painted slices ``zs``; returns (pred, train_s, predict_s).
+
+    ``on_checkpoint(iteration, prediction)`` is called at each ``--curve`` iteration.
+    """
+    import napari_unet
+    from napari_unet.training import Trainer, TrainingConfig
 
     labels = np.zeros(image[:n_train].shape, dtype=np.uint8)
     for z in zs:
         labels[z] = np.where(fg[z], 255, 0)
+    init = None
+    if args.init:
+        from napari_unet.batch import resolve_model_path
+
+        init = napari_unet.load_checkpoint(resolve_model_path(args.init))
+        extra = {"learning_rate": 3e-4, **extra}  # the engine's fine-tuning rate
+    config = TrainingConfig(iterations=args.iterations, loss=args.loss, **extra)
+    trainer = Trainer(image[:n_train], labels, config, init=init,
+                      model=None if init is not None else napari_unet.preset(args.preset))
     t0 = time.perf_counter()
-    model = napari_unet.train(image[:n_train], labels, iterations=iterations,
-                              model=napari_unet.preset(preset_name), **extra)
+    paused = 0.0
+    for ev in trainer:
+        if on_checkpoint is not None and ev.iteration in args.curve and not ev.done:
+            t = time.perf_counter()
+            on_checkpoint(ev.iteration, predict_foreground(_snapshot(trainer), image[eval_sl],
+                                                           args.tta, args.instances))
+            paused += time.perf_counter() - t
     t1 = time.perf_counter()
-    pred = napari_unet.predict(model, image[eval_sl], probabilities=False)
+    pred = predict_foreground(trainer.result, image[eval_sl], args.tta, args.instances)
     t2 = time.perf_counter()
-    return np.asarray(pred.semantic) == 1, t1 - t0, t2 - t1
+    return pred, t1 - t0 - paused, t2 - t1
 
 
 def run_rf(image: np.ndarray, fg: np.ndarray, zs: list[int], eval_sl: slice,
@@ -122,6 +169,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--method", nargs="+", choices=("unet", "rf", "both"), default=["both"])
     ap.add_argument("--rf-samples", type=int, default=200_000, help="max annotated pixels for the RF")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", default=None,
+                    help="fine-tune this checkpoint ('default': the shipped model) instead of training from scratch")
+    ap.add_argument("--loss", default="weighted_ce", choices=("weighted_ce", "ce", "dice", "dice_ce"))
+    ap.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations)")
+    ap.add_argument("--instances", default="components", choices=("components", "watershed"),
+                    help="ISBI: cells as connected components of the foreground, or the engine's "
+                         "seeded watershed (splits cells joined through membrane gaps)")
+    ap.add_argument("--curve", type=int, nargs="*", default=[],
+                    help="also evaluate the U-Net at these iterations of the same run")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic stack, tiny models (smoke run)")
     ap.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     return ap.parse_args(argv)
@@ -158,23 +214,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         zs = choose_slices(k, n_train)
         for method in [m for m in ("unet", "rf") if m in methods]:
             if method == "unet":
-                pred, t_tr, t_pr = run_unet(image, fg, zs, n_train, eval_sl, args.preset, args.iterations, extra)
+                def checkpoint(it: int, p: np.ndarray, k: int = k, zs: list[int] = zs) -> None:
+                    row = {"method": "unet", "k": k, "iteration": it, **metric_fn(gt, p)}
+                    results.append(row)
+                    print(json.dumps(row), flush=True)
+
+                pred, t_tr, t_pr = run_unet(image, fg, zs, n_train, eval_sl, args, extra, checkpoint)
             else:
                 pred, t_tr, t_pr = run_rf(image, fg, zs, eval_sl, rf)
-            row = {"method": method, "k": k, "slices": zs, **metric_fn(gt, pred),
+            row = {"method": method, "k": k, "slices": zs,
+                   **({"iteration": args.iterations} if method == "unet" else {}), **metric_fn(gt, pred),
                    "train_s": round(t_tr, 2), "predict_s": round(t_pr, 2)}
             results.append(row)
             print(json.dumps(row), flush=True)
 
     print()
-    print(f"{'method':6} {'k':>3} " + " ".join(f"{k:>11}" for k in keys) + f" {'train_s':>9} {'predict_s':>9}")
+    print(f"{'method':6} {'k':>3} {'iter':>5} " + " ".join(f"{k:>11}" for k in keys)
+          + f" {'train_s':>9} {'predict_s':>9}")
     for r in results:
-        print(f"{r['method']:6} {r['k']:>3} " + " ".join(f"{r[k]:>11.4f}" for k in keys)
-              + f" {r['train_s']:>9.1f} {r['predict_s']:>9.1f}")
+        print(f"{r['method']:6} {r['k']:>3} {r.get('iteration', '-'):>5} " + " ".join(f"{r[k]:>11.4f}" for k in keys)
+              + f" {r.get('train_s', float('nan')):>9.1f} {r.get('predict_s', float('nan')):>9.1f}")
     report = {
         "dataset": dataset, "train_slices": f"0-{n_train - 1}",
         "eval_slices": f"{eval_sl.start}-{eval_sl.stop - 1}",
-        "unet": {"preset": args.preset, "iterations": args.iterations,
+        "unet": {"preset": args.preset, "iterations": args.iterations, "init": args.init, "loss": args.loss,
+                 "tta": args.tta, "instances": args.instances,
                  **{k: v for k, v in extra.items() if k != "seed"}, "seed": args.seed},
         "rf": {"n_estimators": rf.n_estimators, "n_jobs": rf.n_jobs, "sigma_min": rf.sigma_min,
                "sigma_max": rf.sigma_max, "max_samples": rf.max_samples},

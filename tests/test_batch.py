@@ -222,6 +222,15 @@ def test_bad_inputs_fail_with_a_reason_and_the_batch_goes_on(tmp_path, model_pat
     assert left == ["good_instances.tif", "good_labels.tif", "good_provenance.json"]
 
 
+def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
+    import napari_unet.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "default_checkpoint", lambda: None)
+    write_stack(tmp_path / "a.tif")
+    with pytest.raises(ValueError, match="no pretrained default model"):
+        _run("default", tmp_path / "a.tif", tmp_path / "out")
+
+
 def test_bad_model_raises_before_any_work(tmp_path):
     write_stack(tmp_path / "a.tif")
     (tmp_path / "bad.pt").write_bytes(b"\x00" * 100)
@@ -229,8 +238,6 @@ def test_bad_model_raises_before_any_work(tmp_path):
         _run(tmp_path / "bad.pt", tmp_path / "a.tif", tmp_path / "out")
     with pytest.raises(ValueError, match="model file not found"):
         _run(tmp_path / "nope.pt", tmp_path / "a.tif", tmp_path / "out")
-    with pytest.raises(ValueError, match="no pretrained default model"):
-        _run("default", tmp_path / "a.tif", tmp_path / "out")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 

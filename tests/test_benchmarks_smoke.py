@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/eval_fewslice.py (--quick: synthetic data, tiny models)."""
+"""Smoke tests of the benchmark scripts (--quick: synthetic data, tiny models)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from types import ModuleType
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "eval_fewslice.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load() -> ModuleType:
-    """Import the benchmark script as a module."""
-    spec = importlib.util.spec_from_file_location("eval_fewslice", SCRIPT)
+def _load(name: str = "eval_fewslice") -> ModuleType:
+    """Import a benchmark script as a module."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -58,3 +58,49 @@ def test_lucchi_metrics_simple() -> None:
     m = mod.lucchi_metrics(gt, pred)
     assert m["iou"] == pytest.approx(0.5)
     assert m["dice"] == pytest.approx(2 / 3)
+
+
+def test_quick_curve_and_watershed_instances(tmp_path: Path) -> None:
+    mod = _load()
+    report = mod.main(["--quick", "--k", "1", "--method", "unet", "--curve", "2",
+                       "--instances", "watershed", "--loss", "ce"])
+    rows = report["results"]
+    assert [r["iteration"] for r in rows] == [2, 3]  # the curve point, then the final model
+    assert report["unet"]["loss"] == "ce" and report["unet"]["instances"] == "watershed"
+    assert all(0.0 <= r["are"] <= 1.0 for r in rows)
+
+
+def test_isbi_metrics_accept_instance_labels() -> None:
+    import numpy as np
+
+    mod = _load()
+    gt = np.zeros((1, 6, 6), bool)
+    gt[0, :, :2] = gt[0, :, 4:] = True  # two cells, membrane in the middle
+    merged = np.ones((1, 6, 6), bool)  # one blob: a merge
+    split = np.zeros((1, 6, 6), np.uint32)
+    split[0, :, :3], split[0, :, 3:] = 1, 2  # two instances that cover the membrane too
+    assert mod.isbi_metrics(gt, merged)["are"] > 0.3
+    assert mod.isbi_metrics(gt, split)["are"] == pytest.approx(0.0)
+
+
+def test_monai_comparison_quick(tmp_path: Path) -> None:
+    pytest.importorskip("monai")
+    mod = _load("bench_vs_monai")
+    out = tmp_path / "m.json"
+    result = mod.main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text())["speedup"] == pytest.approx(result["speedup"])
+    assert result["agreement"]["ours_vs_exact_max"] < 1e-4  # overlap-tile is exact
+    assert result["ours"]["mpx_s"] > 0 and result["monai"]["mpx_s"] > 0
+    assert result["gflop_per_output_px"] > 0
+
+
+def test_train_pretrained_quick(tmp_path: Path) -> None:
+    mod = _load("train_pretrained")
+    out = tmp_path / "m.pt"
+    report = mod.main(["--quick", "--out", str(out), "--snapshots", str(tmp_path / "s"), "--every", "2"])
+    from napari_unet import load_checkpoint
+
+    model = load_checkpoint(out)
+    assert model.config.base_channels > 0
+    assert json.loads(out.with_suffix(".json").read_text())["eval"] == report["eval"]
+    assert len(report["curve"]) == 1 and (tmp_path / "s" / "it00002.pt").is_file()

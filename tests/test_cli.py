@@ -127,6 +127,13 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert code == 1 and "--resume needs --from" in err
     code, _, err = run(capsys, "-v", "segment", "-m", tmp_path / "bad.pt", tmp_path / "a.tif", "-o", tmp_path / "o")
     assert code == 1 and "Traceback" in err  # --verbose shows where it came from
+
+
+def test_default_model_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    import napari_unet.pretrained as pretrained
+
+    monkeypatch.setattr(pretrained, "default_checkpoint", lambda: None)
+    write_stack(tmp_path / "a.tif")
     code, _, err = run(capsys, "segment", "-m", "default", tmp_path / "a.tif", "-o", tmp_path / "o")
     assert code == 1 and "no pretrained default model" in err
 
