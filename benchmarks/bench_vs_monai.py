@@ -168,7 +168,7 @@ def tune(name: str, fn: Callable, model: torch.nn.Module, one: np.ndarray, tiles
     for tile in tiles:
         for batch in batches:
             fn(model, one, tile, batch, device)  # warm-up: kernels for new shapes
-            t = timed(lambda: fn(model, one, tile, batch, device), device)
+            t = timed(lambda t=tile, b=batch: fn(model, one, t, b, device), device)
             print(f"  tune {name:6} tile {tile:4} batch {batch}: {t:.3f} s", flush=True)
             if best is None or t < best[0]:
                 best = (t, tile, batch)
