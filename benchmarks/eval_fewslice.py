@@ -6,7 +6,9 @@ ISBI 2012 (30 slices): train on slices 0-19, evaluate on 20-29. Cells (label 255
 are foreground; instances are 4-connected components of the foreground (for
 both ground truth and prediction). Per-slice metrics, averaged: adapted Rand
 error (skimage; background/membrane 0 of the ground truth is ignored), variation
-of information (split = H(pred|gt), merge = H(gt|pred)), pixel error.
+of information (split = H(pred|gt), merge = H(gt|pred)), pixel error. The
+``ws_`` columns score the same foreground split into cells by the engine's
+distance-transform watershed instead (same post-processing for both methods).
 
 Lucchi (40 slices): train on slices 0-19, evaluate on 20-39; foreground IoU and
 Dice over the whole evaluation volume.
@@ -141,12 +143,25 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
         if on_checkpoint is not None and ev.iteration in args.curve and not ev.done:
             t = time.perf_counter()
             on_checkpoint(ev.iteration, predict_foreground(_snapshot(trainer), image[eval_sl],
-                                                           args.tta, args.instances))
+                                                           args.tta, "components"))
             paused += time.perf_counter() - t
     t1 = time.perf_counter()
-    pred = predict_foreground(trainer.result, image[eval_sl], args.tta, args.instances)
+    pred = predict_foreground(trainer.result, image[eval_sl], args.tta, "components")
     t2 = time.perf_counter()
     return pred, t1 - t0 - paused, t2 - t1
+
+
+def isbi_metrics_both(gt_fg: np.ndarray, pred_fg: np.ndarray) -> dict[str, float]:
+    """ISBI metrics of the foreground's connected components, and (``ws_`` keys) of
+    the engine's distance-transform watershed of the same foreground, which splits
+    cells joined through a gap in the predicted membrane. Both methods get the same
+    post-processing."""
+    from napari_unet.postprocess import instance_labels
+
+    out = isbi_metrics(gt_fg, pred_fg)
+    ws = instance_labels(pred_fg, method="watershed", per_slice=True)
+    out.update({f"ws_{k}": v for k, v in isbi_metrics(gt_fg, ws).items()})
+    return out
 
 
 def run_rf(image: np.ndarray, fg: np.ndarray, zs: list[int], eval_sl: slice,
@@ -173,9 +188,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="fine-tune this checkpoint ('default': the shipped model) instead of training from scratch")
     ap.add_argument("--loss", default="weighted_ce", choices=("weighted_ce", "ce", "dice", "dice_ce"))
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations)")
-    ap.add_argument("--instances", default="components", choices=("components", "watershed"),
-                    help="ISBI: cells as connected components of the foreground, or the engine's "
-                         "seeded watershed (splits cells joined through membrane gaps)")
     ap.add_argument("--curve", type=int, nargs="*", default=[],
                     help="also evaluate the U-Net at these iterations of the same run")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic stack, tiny models (smoke run)")
@@ -199,14 +211,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.preset, args.iterations = "tiny", 3
         extra.update(patch_size=32, batch_size=2, val_every=10**9)
         rf = RFSettings(n_estimators=5, n_jobs=1, sigma_max=4, max_samples=2000, seed=args.seed)
-        metric_fn, keys = isbi_metrics, ISBI_KEYS
+        metric_fn, keys = isbi_metrics_both, ISBI_KEYS + ("ws_are",)
     else:
         image, fg = load_dataset(args.dataset, args.data)
         n_train, eval_sl, dataset = N_TRAIN, slice(N_TRAIN, image.shape[0]), args.dataset
         ks = list(args.k)
         if args.patch_size:
             extra["patch_size"] = args.patch_size
-        metric_fn, keys = (isbi_metrics, ISBI_KEYS) if args.dataset == "isbi" else (lucchi_metrics, LUCCHI_KEYS)
+        metric_fn, keys = ((isbi_metrics_both, ISBI_KEYS + ("ws_are",)) if args.dataset == "isbi"
+                           else (lucchi_metrics, LUCCHI_KEYS))
 
     gt = fg[eval_sl]
     results: list[dict[str, Any]] = []
@@ -238,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": dataset, "train_slices": f"0-{n_train - 1}",
         "eval_slices": f"{eval_sl.start}-{eval_sl.stop - 1}",
         "unet": {"preset": args.preset, "iterations": args.iterations, "init": args.init, "loss": args.loss,
-                 "tta": args.tta, "instances": args.instances,
+                 "tta": args.tta,
                  **{k: v for k, v in extra.items() if k != "seed"}, "seed": args.seed},
         "rf": {"n_estimators": rf.n_estimators, "n_jobs": rf.n_jobs, "sigma_min": rf.sigma_min,
                "sigma_max": rf.sigma_max, "max_samples": rf.max_samples},

@@ -60,14 +60,13 @@ def test_lucchi_metrics_simple() -> None:
     assert m["dice"] == pytest.approx(2 / 3)
 
 
-def test_quick_curve_and_watershed_instances(tmp_path: Path) -> None:
+def test_quick_curve_and_loss_choice(tmp_path: Path) -> None:
     mod = _load()
-    report = mod.main(["--quick", "--k", "1", "--method", "unet", "--curve", "2",
-                       "--instances", "watershed", "--loss", "ce"])
+    report = mod.main(["--quick", "--k", "1", "--method", "unet", "--curve", "2", "--loss", "ce"])
     rows = report["results"]
     assert [r["iteration"] for r in rows] == [2, 3]  # the curve point, then the final model
-    assert report["unet"]["loss"] == "ce" and report["unet"]["instances"] == "watershed"
-    assert all(0.0 <= r["are"] <= 1.0 for r in rows)
+    assert report["unet"]["loss"] == "ce"
+    assert all(0.0 <= r["are"] <= 1.0 and 0.0 <= r["ws_are"] <= 1.0 for r in rows)
 
 
 def test_isbi_metrics_accept_instance_labels() -> None:
