@@ -1,0 +1,141 @@
+"""Draw the figures of BENCHMARKS.md from the JSON files the benchmarks wrote.
+
+Reads ``benchmarks/results/*.json`` (whatever is there) and writes PNGs to
+``docs/benchmarks/``::
+
+    python benchmarks/plot_results.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def finetune_curve(results: Path, out: Path) -> Path | None:
+    """Lucchi k=2: foreground IoU vs iterations, from scratch vs from the shipped model."""
+    import matplotlib.pyplot as plt
+
+    runs = {"from scratch": _load(results / "lucchi_k2_scratch.json"),
+            "from the pretrained model": _load(results / "lucchi_k2_pretrained.json")}
+    if not any(runs.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, run in runs.items():
+        if run is None:
+            continue
+        rows = sorted((r for r in run["results"] if r["method"] == "unet"), key=lambda r: r["iteration"])
+        ax.plot([r["iteration"] for r in rows], [r["iou"] for r in rows], "o-", label=label)
+    rf = _load(results / "lucchi_rf.json")
+    if rf:
+        for r in rf["results"]:
+            if r["k"] == 2:
+                ax.axhline(r["iou"], color="grey", ls="--", label="random forest (ilastik-style)")
+    ax.set_xlabel("training iterations (batch 4)")
+    ax.set_ylabel("foreground IoU, slices 20-39")
+    ax.set_title("Lucchi mitochondria, 2 painted slices", fontsize=10)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def isbi_vs_k(results: Path, out: Path) -> Path | None:
+    """ISBI: adapted Rand error vs number of painted slices, U-Net vs random forest."""
+    import matplotlib.pyplot as plt
+
+    unet: dict[int, dict[str, float]] = {}
+    for name in ("isbi_k15.json", "isbi_k2_weighted.json"):
+        run = _load(results / name)
+        for r in (run or {}).get("results", []):
+            if r["method"] == "unet" and r["iteration"] == run["unet"]["iterations"]:
+                unet[r["k"]] = r
+    pre = _load(ROOT / "src" / "napari_unet" / "models" / "em_membranes_default.json")
+    pre_rows = _load(results / "pretrained_isbi.json")
+    if pre and pre_rows:
+        comp = next(r for r in pre_rows if not r["tta"] and r["instances"] == "components")
+        ws = next(r for r in pre_rows if not r["tta"] and r["instances"] == "watershed")
+        unet[20] = {"are": comp["are"], "ws_are": ws["are"]}
+    rf = {r["k"]: r for r in (_load(results / "isbi_rf.json") or {}).get("results", [])}
+    if not unet and not rf:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for rows, name, color in ((unet, "U-Net", "C0"), (rf, "random forest", "C1")):
+        ks = sorted(rows)
+        if not ks:
+            continue
+        ax.plot(ks, [rows[k]["are"] for k in ks], "o--", color=color, label=f"{name}, components")
+        if all("ws_are" in rows[k] for k in ks):
+            ax.plot(ks, [rows[k]["ws_are"] for k in ks], "s-", color=color, label=f"{name}, watershed")
+    ax.axhline(0.06, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xticks([1, 2, 5, 20], labels=["1", "2", "5", "20"])
+    ax.set_xlabel("painted slices (of 0-19)")
+    ax.set_ylabel("adapted Rand error, slices 20-29")
+    ax.set_title("ISBI 2012 membranes (lower is better)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def monai_speed(results: Path, out: Path) -> Path | None:
+    """Throughput (output Mpx/s) of both predictors for each network size measured."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = [(name, _load(results / f"monai_{name}_cpu.json")) for name in ("default", "paper")]
+    runs = [(n, r) for n, r in runs if r]
+    if not runs:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    x = np.arange(len(runs))
+    ax.bar(x - 0.2, [r["ours"]["mpx_s"] for _, r in runs], 0.4, label="napari-unet overlap-tile")
+    ax.bar(x + 0.2, [r["monai"]["mpx_s"] for _, r in runs], 0.4, label="MONAI sliding window")
+    for i, (_, r) in enumerate(runs):
+        ax.text(i, max(r["ours"]["mpx_s"], r["monai"]["mpx_s"]) * 1.02, f"x{r['speedup']:.2f}",
+                ha="center", fontsize=9)
+    ax.set_xticks(x, labels=[f"{n} ({r['parameters_M']} M params)" for n, r in runs])
+    ax.set_ylabel("output megapixels / s (CPU)")
+    ax.set_title("Prediction throughput, same weights, CPU", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    args.out.mkdir(parents=True, exist_ok=True)
+    written = [p for p in (
+        finetune_curve(args.results, args.out / "lucchi_finetune_curve.png"),
+        isbi_vs_k(args.results, args.out / "isbi_are_vs_slices.png"),
+        monai_speed(args.results, args.out / "monai_speed_cpu.png"),
+    ) if p is not None]
+    for p in written:
+        print(f"wrote {p}")
+    return written
+
+
+if __name__ == "__main__":
+    main()
