@@ -1,7 +1,7 @@
 """Score a trained checkpoint on held-out real EM slices, with and without TTA
 and with each instance method (the post-processing ablation): connected
-components, the engine's seeded watershed, and that watershed with predicted
-membrane pixels given to the nearest cell (``+fill``).
+components, the engine's seeded watershed, and "fill" (components grown over
+the predicted membrane until they touch, along the network's probability).
 
 ISBI 2012: slices 20-29 (adapted Rand error, VI, pixel error; see
 ``eval_fewslice.py``). Lucchi: slices 20-39 (foreground IoU and Dice).
@@ -40,13 +40,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--dataset", choices=("isbi", "lucchi"), default="isbi")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--tta", choices=("off", "on", "both"), default="both")
-    ap.add_argument("--instances", nargs="+", default=["components", "watershed", "watershed+fill"],
-                    choices=("components", "watershed", "watershed+fill"))
+    ap.add_argument("--instances", nargs="+", default=["components", "watershed", "fill"],
+                    choices=("components", "watershed", "fill"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
 
-    import numpy as np
-    from skimage.segmentation import expand_labels
 
     import napari_unet
     from napari_unet.batch import resolve_model_path
@@ -60,9 +58,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for tta in {"off": [False], "on": [True], "both": [False, True]}[args.tta]:
         for method in methods:
             t0 = time.perf_counter()
-            pred = predict_foreground(model, image[eval_sl], tta, method.split("+")[0])
-            if method.endswith("+fill"):
-                pred = np.stack([expand_labels(sl, 8) for sl in pred])
+            pred = predict_foreground(model, image[eval_sl], tta, method)
             row = {"dataset": args.dataset, "tta": tta, "instances": method,
                    **{k: round(v, 4) for k, v in metric_fn(fg[eval_sl], pred).items()},
                    "predict_s": round(time.perf_counter() - t0, 1)}

@@ -65,8 +65,8 @@ def isbi_vs_k(results: Path, out: Path) -> Path | None:
     pre_rows = _load(results / "pretrained_isbi.json")
     if pre and pre_rows:
         comp = next(r for r in pre_rows if not r["tta"] and r["instances"] == "components")
-        ws = next(r for r in pre_rows if not r["tta"] and r["instances"] == "watershed")
-        unet[20] = {"are": comp["are"], "ws_are": ws["are"]}
+        ws = next(r for r in pre_rows if not r["tta"] and r["instances"] == "fill")
+        unet[20] = {"are": comp["are"], "fill_are": ws["are"]}
     rf = {r["k"]: r for r in (_load(results / "isbi_rf.json") or {}).get("results", [])}
     if not unet and not rf:
         return None
@@ -76,8 +76,8 @@ def isbi_vs_k(results: Path, out: Path) -> Path | None:
         if not ks:
             continue
         ax.plot(ks, [rows[k]["are"] for k in ks], "o--", color=color, label=f"{name}, components")
-        if all("ws_are" in rows[k] for k in ks):
-            ax.plot(ks, [rows[k]["ws_are"] for k in ks], "s-", color=color, label=f"{name}, watershed")
+        if all("fill_are" in rows[k] for k in ks):
+            ax.plot(ks, [rows[k]["fill_are"] for k in ks], "s-", color=color, label=f"{name}, fill")
     ax.axhline(0.06, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xticks([1, 2, 5, 20], labels=["1", "2", "5", "20"])

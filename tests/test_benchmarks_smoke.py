@@ -66,7 +66,7 @@ def test_quick_curve_and_loss_choice(tmp_path: Path) -> None:
     rows = report["results"]
     assert [r["iteration"] for r in rows] == [2, 3]  # the curve point, then the final model
     assert report["unet"]["loss"] == "ce"
-    assert all(0.0 <= r["are"] <= 1.0 and 0.0 <= r["ws_are"] <= 1.0 for r in rows)
+    assert all(0.0 <= r["are"] <= 1.0 and 0.0 <= r["fill_are"] <= 1.0 for r in rows)
 
 
 def test_isbi_metrics_accept_instance_labels() -> None:

@@ -148,3 +148,48 @@ def test_instance_edge_cases_and_validation() -> None:
         instance_labels(TOUCHING, min_size=-1)
     with pytest.raises(ValueError, match="shape"):
         instance_labels(TOUCHING, method="watershed", probabilities=np.ones((3, 3)))
+
+
+# ------------------------------------------------------------------ fill
+def _two_cells() -> tuple[np.ndarray, np.ndarray]:
+    """Two cells left and right of a 6-px dark membrane (x = 17..22) and its probability."""
+    prob = np.full((20, 40), 0.9, np.float32)
+    prob[:, 17:23] = np.linspace(0.4, 0.1, 6)  # least sure of "cell" at x = 22
+    return prob >= 0.5, prob
+
+
+def test_fill_tiles_the_image_and_cuts_where_the_network_was_least_sure() -> None:
+    mask, prob = _two_cells()
+    nearest = instance_labels(mask, method="fill")
+    guided = instance_labels(mask, method="fill", probabilities=prob)
+    for labels in (nearest, guided):
+        assert _ids(labels) == [1, 2] and (labels > 0).all()  # every boundary pixel has a cell
+        assert labels[5, 0] != labels[5, 39]
+        assert (labels[mask] == instance_labels(mask)[mask]).all()  # cells keep their pixels
+    assert nearest[5, 19] == nearest[5, 0] and nearest[5, 20] == nearest[5, 39]  # halfway
+    assert (guided[:, :22] == guided[5, 0]).all() and (guided[:, 23:] == guided[5, 39]).all()
+
+
+def test_fill_drops_specks_before_growing() -> None:
+    mask, _ = _two_cells()
+    mask[10, 20] = True  # a one-pixel speck in the membrane
+    assert len(_ids(instance_labels(mask, method="fill"))) == 3
+    assert _ids(instance_labels(mask, method="fill", min_size=5)) == [1, 2]
+    assert not instance_labels(np.zeros((5, 5), bool), method="fill").any()
+
+
+def test_fill_through_predict_uses_probabilities(tmp_path) -> None:
+    """predict(instances=True, instance_method="fill") tiles every slice."""
+    from napari_unet import predict, train
+    from napari_unet.config import preset
+    from napari_unet.synthetic import synthetic_em_stack
+
+    stack = synthetic_em_stack((2, 48, 48), seed=1)
+    labels = np.where(stack.foreground, 255, 0).astype(np.uint8)
+    model = train(stack.image, labels, model=preset("tiny"), iterations=2, patch_size=16,
+                  batch_size=2, val_every=10**6)
+    pred = predict(model, stack.image, instances=True, instance_method="fill", probabilities=False)
+    assert pred.instances is not None and pred.instances.shape == stack.image.shape
+    for z in range(2):
+        sl = pred.instances[z]
+        assert (sl > 0).all() or not (pred.semantic[z] == 1).any()

@@ -413,7 +413,8 @@ def _segment_file(
             t_predict += time.perf_counter() - t1
             semantic = semantic_labels(probs)
             foreground_p = None
-            if PROBABILITIES in writers or (INSTANCES in writers and options.instance_method == "watershed"):
+            uses_p = options.instance_method in ("watershed", "fill")
+            if PROBABILITIES in writers or (INSTANCES in writers and uses_p):
                 foreground_p = 1.0 - probs[0]
             if LABELS in writers:
                 writers[LABELS].write(semantic)
@@ -422,7 +423,7 @@ def _segment_file(
                     semantic > 0,
                     method=options.instance_method,  # type: ignore[arg-type]
                     min_size=options.min_size,
-                    probabilities=foreground_p if options.instance_method == "watershed" else None,
+                    probabilities=foreground_p if uses_p else None,
                 )
                 n = int(ids.max()) if ids.size else 0
                 if next_id + n > _UINT32_MAX:

@@ -544,8 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file ('default' = the built-in model)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--instances", action="store_true", help="also write object (instance) labels")
-    p.add_argument("--instance-method", choices=("components", "watershed"), default="components",
-                   help="how objects are separated (default: components)")
+    p.add_argument("--instance-method", choices=("components", "watershed", "fill"), default="components",
+                   help="how objects are separated (default: components); 'fill' grows them over the "
+                        "boundaries until they touch, for membrane-stained cells that tile the image")
     p.add_argument("--min-size", type=int, default=0, metavar="PX",
                    help="drop objects smaller than this many pixels (per slice)")
     p.add_argument("--probabilities", action="store_true", help="also write the foreground probability")

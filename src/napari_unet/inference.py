@@ -68,7 +68,7 @@ def predict_steps(
     amp: bool = True,
     probabilities: bool = True,
     instances: bool = False,
-    instance_method: Literal["components", "watershed"] = "components",
+    instance_method: Literal["components", "watershed", "fill"] = "components",
     min_size: int = 0,
     threshold: float | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -107,6 +107,10 @@ def predict_steps(
     n_classes = trained.n_classes
     semantic = np.zeros((z_, y_, x_), np.uint8)
     probs = np.zeros((z_, n_classes, y_, x_), np.float32) if probabilities else None
+    # watershed and fill draw boundaries where the network was least sure: keep the
+    # foreground probability for them even when the caller did not ask for probabilities
+    keep_fg = instances and instance_method in ("watershed", "fill") and probs is None
+    fg_prob = np.zeros((z_, y_, x_), np.float32) if keep_fg else None
     try:
         for i, z in enumerate(zs):
             if should_stop is not None and should_stop():
@@ -117,6 +121,8 @@ def predict_steps(
             semantic[z] = semantic_labels(p, threshold)
             if probs is not None:
                 probs[z] = p
+            if fg_prob is not None:
+                fg_prob[z] = 1.0 - p[0]
             yield PredictProgress(i + 1, len(zs), z)
     finally:
         if predictor.device.type != "cpu":  # hand the GPU memory back between jobs
@@ -126,7 +132,7 @@ def predict_steps(
     if instances:
         inst = np.zeros((z_, y_, x_), np.uint32)
         fg = foreground_from_semantic(semantic[zs])
-        pfg = None if probs is None else 1.0 - probs[zs, 0]
+        pfg = fg_prob[zs] if fg_prob is not None else None if probs is None else 1.0 - probs[zs, 0]
         inst[zs] = instance_labels(
             fg, method=instance_method, min_size=min_size, probabilities=pfg, per_slice=True
         )

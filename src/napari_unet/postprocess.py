@@ -1,8 +1,10 @@
 """From class probabilities to label images.
 
 Semantic labels are an argmax (or a threshold on the foreground class);
-instance labels split the foreground into objects, either as connected
-components or with a seeded watershed that also separates touching objects.
+instance labels split the foreground into objects: as connected components,
+with a seeded watershed that also separates touching objects, or as
+components grown over the boundary pixels until neighbours touch ("fill"),
+for membrane-stained tissue where cells tile the image.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.measure import label as connected_components
 from skimage.morphology import h_maxima
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
-InstanceMethod = Literal["components", "watershed"]
-INSTANCE_METHODS = ("components", "watershed")
+InstanceMethod = Literal["components", "watershed", "fill"]
+INSTANCE_METHODS = ("components", "watershed", "fill")
 
 
 def semantic_labels(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
@@ -68,9 +70,38 @@ def _seeded_watershed(mask: np.ndarray, probability: np.ndarray | None, h: float
     return watershed(surface, markers=markers, mask=mask)
 
 
-def _label(mask: np.ndarray, method: str, probability: np.ndarray | None, h: float) -> np.ndarray:
+def _remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    if min_size > 1 and labels.any():
+        sizes = np.bincount(labels.ravel())
+        small = sizes < int(min_size)
+        small[0] = False
+        labels[small[labels]] = 0
+    return labels
+
+
+def _fill(mask: np.ndarray, probability: np.ndarray | None, min_size: int) -> np.ndarray:
+    """Connected components grown over the background until they meet.
+
+    With a probability the boundary between two cells is drawn where the
+    network was least sure they are cell (a watershed of ``1 - p`` seeded by
+    the components); without one, each background pixel goes to the nearest
+    cell. Small specks are dropped *before* growing, or they would grow too.
+    """
+    seeds = _remove_small(connected_components(mask).astype(np.int64), min_size)
+    if not seeds.any():
+        return seeds
+    if probability is None:
+        return expand_labels(seeds, distance=int(sum(mask.shape)))
+    return watershed(1.0 - probability, markers=seeds)
+
+
+def _label(
+    mask: np.ndarray, method: str, probability: np.ndarray | None, h: float, min_size: int
+) -> np.ndarray:
     if method == "components":
         return connected_components(mask)
+    if method == "fill":
+        return _fill(mask, probability, min_size)
     return _seeded_watershed(mask, probability, h)
 
 
@@ -87,15 +118,18 @@ def instance_labels(
 
     Args:
         foreground: 2D or 3D boolean mask.
-        method: ``"components"`` (connected components, fast) or
+        method: ``"components"`` (connected components, fast),
             ``"watershed"`` (seeded at distance-transform maxima, splits
-            touching objects at their necks).
+            touching objects at their necks) or ``"fill"`` (components that
+            then grow over the background until they touch: the labels tile
+            the image, as cells do in membrane-stained EM; the thin boundary
+            pixels belong to a cell instead of to a "background" object).
         min_size: objects with fewer pixels are removed (per slice object
             when labelling per slice).
         probabilities: optional foreground probability of the same shape as
-            ``foreground``; the watershed then floods ``1 - p``, so objects
-            meet where the network was least sure, instead of at the
-            geometric neck (``-distance``).
+            ``foreground``; the watershed and fill then flood ``1 - p``, so
+            objects meet where the network was least sure, instead of at the
+            geometric neck (``-distance``) or halfway (fill).
         per_slice: for 3D input, label each z-slice on its own (ids stay
             unique across the stack); objects are then 2D, which suits
             anisotropic EM stacks. False: 3D connectivity.
@@ -131,18 +165,14 @@ def instance_labels(
         offset = 0
         for z in range(mask.shape[0]):
             p = None if probabilities is None else probabilities[z]
-            lab = _label(mask[z], method, p, h).astype(np.uint32)
+            lab = _label(mask[z], method, p, h, int(min_size)).astype(np.uint32)
             nonzero = lab > 0
             lab[nonzero] += np.uint32(offset)
             labels[z] = lab
             offset = int(labels[z].max()) if nonzero.any() else offset
     else:
-        labels = _label(mask, method, probabilities, h).astype(np.uint32)
+        labels = _label(mask, method, probabilities, h, int(min_size)).astype(np.uint32)
 
-    if min_size > 1 and labels.any():
-        sizes = np.bincount(labels.ravel())
-        small = sizes < int(min_size)
-        small[0] = False
-        labels[small[labels]] = 0
+    labels = _remove_small(labels, int(min_size))
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.uint32, copy=False)

@@ -287,6 +287,7 @@ class SegmentRequest:
     instances: bool
     min_size: int
     probabilities: bool
+    instance_method: str = "components"
 
 
 def segment_job(
@@ -311,6 +312,7 @@ def segment_job(
             device=request.device,
             probabilities=request.probabilities,
             instances=request.instances,
+            instance_method=request.instance_method,  # type: ignore[arg-type]
             min_size=request.min_size,
             should_stop=cancel.is_set,
         )

@@ -152,7 +152,9 @@ class BatchWidget(JobWidget):
         self.tta = CheckBox(text="test-time augmentation (8x slower)", value=False, label="")
         self.instances = CheckBox(text="write instances (one id per object)", value=False, label="")
         self.instance_method = ComboBox(
-            label="instance method", choices=["components", "watershed"], visible=False
+            label="instance method", choices=["components", "watershed", "fill"], visible=False,
+            tooltip="components: connected regions; watershed: also split touching objects; "
+            "fill: grow objects over the boundaries until they touch (membrane-stained cells)",
         )
         self.min_size = SpinBox(
             label="min object size (px)", min=0, max=100_000_000, value=0, visible=False

@@ -129,6 +129,19 @@ class SegmentWidget(JobWidget):
                 ("instances (one id per object)", "instances"),
             ],
         )
+        self.instance_method = ComboBox(
+            label="objects",
+            choices=[
+                ("separate regions", "components"),
+                ("split touching objects", "watershed"),
+                ("fill boundaries (cells tile the image)", "fill"),
+            ],
+            value="components",
+            visible=False,
+            tooltip="separate regions: each connected region is one object. split touching "
+            "objects: a watershed also cuts objects joined by a narrow neck. fill boundaries: "
+            "objects grow over the boundary pixels until they touch (membrane-stained EM).",
+        )
         self.min_size = SpinBox(
             label="min object size (px)",
             min=0,
@@ -157,6 +170,7 @@ class SegmentWidget(JobWidget):
                 self.batch_size,
                 self.tta,
                 self.output,
+                self.instance_method,
                 self.min_size,
                 self.probabilities,
                 self.overwrite,
@@ -204,6 +218,7 @@ class SegmentWidget(JobWidget):
     def _update_fields(self, *_: Any) -> None:
         self.checkpoint.visible = self.model.value == "checkpoint"
         self.min_size.visible = self.output.value == "instances"
+        self.instance_method.visible = self.output.value == "instances"
         image = self.image.value
         self.scope.enabled = image is not None and level0(image).ndim == 3 and not self.running
 
@@ -281,6 +296,7 @@ class SegmentWidget(JobWidget):
             instances=instances,
             min_size=int(self.min_size.value) if instances else 0,
             probabilities=bool(self.probabilities.value),
+            instance_method=self.instance_method.value if instances else "components",
         )
 
     def start_job(self) -> None:
