@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--snapshots", type=Path, default=None,
                     help="also save (and evaluate) a checkpoint every --every iterations here")
     ap.add_argument("--every", type=int, default=1000)
+    ap.add_argument("--select", choices=("final", "best"), default="final",
+                    help="ship the weights at the end of the schedule (default) or the engine's "
+                         "best-validation-Dice weights")
     ap.add_argument("--quick", action="store_true", help="synthetic stack, tiny model, a few iterations")
     args = ap.parse_args(argv)
 
@@ -81,8 +84,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     trainer = Trainer(image[:n_train], labels, cfg, model=napari_unet.preset(args.preset))
     curve: list[dict[str, Any]] = []
+    final = None
     t0 = time.perf_counter()
     for ev in trainer:
+        if ev.iteration == ev.total and not ev.done:
+            final = snapshot(trainer)
         if args.snapshots and ev.iteration % args.every == 0 and not ev.done:
             args.snapshots.mkdir(parents=True, exist_ok=True)
             snap = snapshot(trainer)
@@ -97,6 +103,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_s = time.perf_counter() - t0
     trained = trainer.result
     assert trained is not None
+    if args.select == "final" and final is not None:
+        from napari_unet.checkpoint import TrainedModel
+
+        training = dict(trained.training, iteration=ev.total, best_val_dice=None,
+                        selection="final weights at the end of the schedule")
+        trained = TrainedModel(model=final.model, normalization=trained.normalization,
+                               annotation=trained.annotation, class_names=trained.class_names,
+                               training=training)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(trained, args.out, half=True, include_optimizer=False)
 
@@ -106,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": "synthetic" if args.quick else "ISBI 2012 training volume",
         "train_slices": f"0-{n_train - 1}", "eval_slices": f"{eval_sl.start}-{eval_sl.stop - 1}",
         "preset": args.preset, "training": cfg.to_dict() | {"annotation": None, "normalization": None},
-        "best_iteration": trained.training.get("iteration"), "train_s": round(train_s, 1),
+        "iteration": trained.training.get("iteration"), "selection": args.select,
+        "train_s": round(train_s, 1),
         "eval": {k: round(metrics[k], 4) for k in ISBI_KEYS}, "curve": curve,
         "host": {"machine": platform.machine(), "python": platform.python_version()},
     }

@@ -356,3 +356,16 @@ def test_closing_the_window_stops_training(make_napari_viewer, qtbot):
     viewer.close()
     qtbot.waitUntil(lambda: bool(stopped), timeout=60_000)
     assert worker.abort_requested
+
+
+def test_the_shipped_model_is_the_default_starting_point(make_napari_viewer):
+    viewer = make_napari_viewer()
+    add_small_stack(viewer)
+    widget = open_train(viewer)
+    assert widget.start_from.value == "builtin"
+    assert widget.learning_rate.value == pytest.approx(3e-4)  # fine-tuning rate from the start
+    from napari_unet._widgets.train_widget import _start_from_choices
+
+    assert _start_from_choices()[0] == ("built-in default (pretrained EM model)", "builtin")
+    widget.start_from.value = "scratch"
+    assert widget.learning_rate.value == pytest.approx(1e-3)

@@ -166,7 +166,8 @@ class TrainWidget(JobWidget):
             min=1e-5,
             max=1.0,
             step=1e-5,
-            value=LR_SCRATCH,
+            # the initial choice of "start from" is the shipped model when there is one
+            value=LR_FINETUNE if self._shipped is not None else LR_SCRATCH,
             tooltip="1e-3 trains a new model; 3e-4 fine-tunes one without losing what it knows.",
         )
         self.device = ComboBox(label="device", choices=device_choices(), value="auto")
