@@ -122,7 +122,8 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
              on_checkpoint: Any = None) -> tuple[np.ndarray, float, float]:
     """Train napari-unet on the painted slices ``zs``; returns (pred, train_s, predict_s).
 
-    ``on_checkpoint(iteration, prediction)`` is called at each ``--curve`` iteration.
+    ``on_checkpoint(iteration, prediction, train_s)`` is called at each ``--curve`` iteration
+    (``train_s``: training time so far, evaluations excluded).
     """
     import napari_unet
     from napari_unet.training import Trainer, TrainingConfig
@@ -145,7 +146,7 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
         if on_checkpoint is not None and ev.iteration in args.curve and not ev.done:
             t = time.perf_counter()
             on_checkpoint(ev.iteration, predict_foreground(_snapshot(trainer), image[eval_sl],
-                                                           args.tta, "components"))
+                                                           args.tta, "components"), t - t0 - paused)
             paused += time.perf_counter() - t
     t1 = time.perf_counter()
     pred = predict_foreground(trainer.result, image[eval_sl], args.tta, "components")
@@ -229,8 +230,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         zs = choose_slices(k, n_train)
         for method in [m for m in ("unet", "rf") if m in methods]:
             if method == "unet":
-                def checkpoint(it: int, p: np.ndarray, k: int = k, zs: list[int] = zs) -> None:
-                    row = {"method": "unet", "k": k, "iteration": it, **metric_fn(gt, p)}
+                def checkpoint(it: int, p: np.ndarray, train_s: float, k: int = k) -> None:
+                    row = {"method": "unet", "k": k, "iteration": it, **metric_fn(gt, p),
+                           "train_s": round(train_s, 2)}
                     results.append(row)
                     print(json.dumps(row), flush=True)
 
