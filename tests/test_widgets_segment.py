@@ -77,7 +77,9 @@ def test_segment_whole_stack_from_checkpoint(make_napari_viewer, qtbot, checkpoi
     painted.data[1, 10:20, 10:20] = 3
     before = painted.data.copy()
     widget = open_segment(viewer)
-    assert "Choose a model" in widget.status.value and not widget.start.enabled
+    # the shipped pretrained model is ready to use before anything was trained
+    assert widget.model.value == "builtin" and widget.start.enabled, widget.status.value
+    assert "Ready to segment" in widget.status.value
     widget.model.value = "checkpoint"
     widget.checkpoint.value = checkpoint
     widget.device.value = "cpu"
@@ -235,3 +237,16 @@ def test_multiscale_and_lazy_images_use_level_0(make_napari_viewer, qtbot, tiny_
     assert seg.data.shape == (3, 128, 128)
     assert tuple(seg.scale) == (4.0, 2.0, 2.0)
     assert seg.data.any()
+
+
+def test_instance_method_choice_reaches_the_job(make_napari_viewer):
+    viewer = make_napari_viewer()
+    add_stack(viewer)
+    widget = open_segment(viewer)
+    assert widget.instance_method.native.isHidden()  # only shown for instance output
+    widget.output.value = "instances"
+    assert not widget.instance_method.native.isHidden()
+    widget.instance_method.value = "fill"
+    assert widget.build_request().instance_method == "fill"
+    widget.output.value = "semantic"
+    assert widget.build_request().instance_method == "components"
