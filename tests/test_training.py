@@ -1,4 +1,5 @@
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,3 +142,23 @@ def test_cuda_training_releases_memory(em_stack, em_labels):
     model = train(em_stack.image, em_labels, QUICK, model=preset("small"), device="cuda")
     assert torch.cuda.memory_allocated() <= before + 1024
     assert next(model.model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("dice", "kept"),
+    [
+        ([0.80, 0.905, 0.90, 0.899], 4),  # converged: wobbles within the tolerance -> latest
+        ([0.80, 0.905, 0.85, 0.84], 2),  # overfitting: lost more than the tolerance -> best
+        ([0.80, 0.905, 0.85, 0.90], 4),  # recovered to within the tolerance -> latest
+    ],
+)
+def test_kept_weights_are_the_latest_within_tolerance_of_the_best(em_stack, em_labels, monkeypatch,
+                                                                  dice, kept):
+    cfg = replace(QUICK, iterations=4, val_every=1, selection_tolerance=0.01)
+    trainer = Trainer(em_stack.image, em_labels, cfg, model=preset("tiny"))
+    values = iter(dice)
+    monkeypatch.setattr(trainer, "_validate", lambda: next(values))
+    events = list(trainer)
+    assert trainer.result is not None and trainer.result.training["iteration"] == kept
+    assert trainer.result.training["best_val_dice"] == pytest.approx(dice[kept - 1])
+    assert events[-2].best_metric == pytest.approx(max(dice))

@@ -66,6 +66,11 @@ class TrainingConfig:
     normalization: Normalization = field(default_factory=Normalization)
     val_fraction: float = 0.1
     val_every: int | None = None  # default: 20 validations per run
+    # keep the *latest* weights whose validation Dice is within this of the best seen:
+    # on a few held-out slices the Dice wobbles by ~0.005 once it has converged, and
+    # keeping its exact maximum picked early, worse models (ISBI: iteration 300 of 1200,
+    # adapted Rand error 0.14 against 0.04 later); real overfitting loses more than this
+    selection_tolerance: float = 0.01
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -80,6 +85,8 @@ class TrainingConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0.0 <= self.val_fraction < 0.9:
             raise ValueError(f"val_fraction must be in [0, 0.9), got {self.val_fraction}")
+        if not 0.0 <= self.selection_tolerance <= 1.0:
+            raise ValueError(f"selection_tolerance must be in [0, 1], got {self.selection_tolerance}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
         if self.schedule not in ("cosine", "constant"):
@@ -318,6 +325,13 @@ class Trainer:
         progress = (it - warm) / max(1, cfg.iterations - warm)
         return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
+    def _keep(self, val: float, best: float | None) -> bool:
+        """Whether weights validated at ``val`` replace the kept ones (later ones win ties
+        within ``selection_tolerance`` of the best Dice seen)."""
+        if best is None or math.isnan(best):
+            return True
+        return not math.isnan(val) and val >= best - self.config.selection_tolerance
+
     def _validate(self) -> float:
         from .overlap_tile import TilePredictor
 
@@ -385,7 +399,8 @@ class Trainer:
         producer = threading.Thread(target=self._producer, args=(sampler, q, stop, n_steps), daemon=True)
         producer.start()
 
-        best_metric: float | None = None
+        best_metric: float | None = None  # the best validation Dice seen
+        kept_metric: float | None = None  # that of the weights kept (see selection_tolerance)
         best_state: dict[str, torch.Tensor] | None = None
         best_opt: dict[str, Any] | None = None
         t0 = time.perf_counter()
@@ -434,8 +449,10 @@ class Trainer:
                 is_best = False
                 if (it + 1) % self.val_every == 0 or it + 1 == cfg.iterations:
                     val = self._validate()
-                    if best_metric is None or (not math.isnan(val) and val >= best_metric):
-                        best_metric, is_best = val, True
+                    if self._keep(val, best_metric):
+                        is_best = True
+                        best_metric = val if best_metric is None or math.isnan(best_metric) else max(best_metric, val)
+                        kept_metric = val
                         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                         best_opt = _cpu_state(opt.state_dict())
                         best_it = it + 1
@@ -457,8 +474,9 @@ class Trainer:
             if cancelled and last is not None and last.val_metric is None:
                 # validate the current weights once more so nothing better is lost
                 val = self._validate()
-                if best_metric is None or (not math.isnan(val) and val >= best_metric):
-                    best_metric = val
+                if self._keep(val, best_metric):
+                    best_metric = val if best_metric is None or math.isnan(best_metric) else max(best_metric, val)
+                    kept_metric = val
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                     best_opt = _cpu_state(opt.state_dict())
                     best_it = last.iteration
@@ -466,7 +484,7 @@ class Trainer:
                 best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                 best_opt = None
                 best_it = self.start_iteration
-            self._finish(best_state, best_opt, best_it, best_metric, done_it)
+            self._finish(best_state, best_opt, best_it, kept_metric, done_it)
             final = TrainEvent(
                 iteration=done_it,
                 total=cfg.iterations,
