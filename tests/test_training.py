@@ -154,7 +154,7 @@ def test_cuda_training_releases_memory(em_stack, em_labels):
 )
 def test_kept_weights_are_the_latest_within_tolerance_of_the_best(em_stack, em_labels, monkeypatch,
                                                                   dice, kept):
-    cfg = replace(QUICK, iterations=4, val_every=1, selection_tolerance=0.01)
+    cfg = replace(QUICK, iterations=4, val_every=1, keep="best", selection_tolerance=0.01)
     trainer = Trainer(em_stack.image, em_labels, cfg, model=preset("tiny"))
     values = iter(dice)
     monkeypatch.setattr(trainer, "_validate", lambda: next(values))
@@ -162,3 +162,16 @@ def test_kept_weights_are_the_latest_within_tolerance_of_the_best(em_stack, em_l
     assert trainer.result is not None and trainer.result.training["iteration"] == kept
     assert trainer.result.training["best_val_dice"] == pytest.approx(dice[kept - 1])
     assert events[-2].best_metric == pytest.approx(max(dice))
+
+
+def test_by_default_the_run_returns_its_last_validated_weights(em_stack, em_labels, monkeypatch):
+    trainer = Trainer(em_stack.image, em_labels, replace(QUICK, iterations=4, val_every=1),
+                      model=preset("tiny"))
+    values = iter([0.9, 0.8, 0.7, 0.6])
+    monkeypatch.setattr(trainer, "_validate", lambda: next(values))
+    events = list(trainer)
+    assert trainer.result is not None and trainer.result.training["iteration"] == 4
+    assert trainer.result.training["best_val_dice"] == pytest.approx(0.6)  # of the kept weights
+    assert events[-2].best_metric == pytest.approx(0.9)  # the best seen, for the plot
+    with pytest.raises(ValueError, match="keep"):
+        TrainingConfig(keep="first")  # type: ignore[arg-type]

@@ -1,7 +1,7 @@
 """The ``napari-unet`` command line: train, segment, demo, info.
 
 Exit codes: 0 all good (a training stopped early with Ctrl-C also counts: the
-best model is saved), 1 an error or at least one input failed, 2 a usage
+model so far is saved), 1 an error or at least one input failed, 2 a usage
 error, 130 aborted (a second Ctrl-C, or a segmentation cancelled with
 Ctrl-C). Errors are printed in one line; ``--verbose`` adds the traceback.
 Heavy imports (torch) happen inside the commands so that ``--help`` is quick.
@@ -166,7 +166,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     best_text = "n/a" if best is None else f"{best:.3f}"
     if final.cancelled:
         print(
-            f"Stopped at iteration {final.iteration} of {final.total} (Ctrl-C); saved the best model "
+            f"Stopped at iteration {final.iteration} of {final.total} (Ctrl-C); saved the model "
             f"so far (iteration {trained.training.get('iteration')}, validation Dice {best_text}) "
             f"to {out}."
         )
@@ -179,7 +179,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run_training(trainer: Any) -> tuple[Any, Any]:
-    """Drain the trainer with a progress bar; first Ctrl-C stops it and keeps the best model."""
+    """Drain the trainer with a progress bar; first Ctrl-C stops it and keeps the model as validated then."""
     total = trainer.config.iterations
     bar = _bar(total=total, initial=trainer.start_iteration, unit="it", desc="train")
     plain = bool(bar.disable)
@@ -188,7 +188,7 @@ def _run_training(trainer: Any) -> tuple[Any, Any]:
 
     def stop() -> None:
         trainer.cancel()
-        _err("\nStopping after this iteration and keeping the best model (Ctrl-C again to abort).")
+        _err("\nStopping after this iteration and keeping the model (Ctrl-C again to abort).")
 
     final = None
     with _ctrl_c(stop), bar:
@@ -356,7 +356,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     def on_first() -> None:
         stop.set()
-        _err("\nStopping training early; the demo goes on with the best model so far "
+        _err("\nStopping training early; the demo goes on with the model so far "
              "(Ctrl-C again to abort).")
 
     with _ctrl_c(on_first):
@@ -446,7 +446,7 @@ napari's label painting): in a painted slice 0 is background and every
 other id is one object. --mode scribbles (ilastik's convention): 0 =
 unlabelled, 1 = background, 2.. = classes; sparse strokes are enough.
 
-Ctrl-C stops training cleanly: the best model so far is saved to -o and the
+Ctrl-C stops training cleanly: the model so far is saved to -o and the
 exit code is 0. A second Ctrl-C aborts without saving.
 
 examples:

@@ -162,7 +162,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the whole demo into ``outdir`` (overwriting its previous demo files).
 
-    ``should_stop`` ends training early, keeping the best model so far; the
+    ``should_stop`` ends training early, keeping the model so far; the
     stack is still segmented and evaluated with it.
     """
     from .batch import BatchOptions, batch_segment

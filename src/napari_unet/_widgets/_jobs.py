@@ -121,7 +121,7 @@ def describe_error(exc: BaseException) -> str:
 class _BestKeeper:
     """CPU copy of the weights at each new best validation, for when training dies.
 
-    The trainer keeps its best model on cancel, but an exception inside its loop
+    The trainer keeps its validated model on cancel, but an exception inside its loop
     (say, running out of GPU memory at iteration 400) would lose it; this keeps
     the user's progress in that case too.
     """
@@ -206,7 +206,7 @@ def train_job(
     """Build a trainer, run it, and yield events and live previews.
 
     ``cancel`` is set from the main thread; the trainer is asked to stop after
-    the current iteration and still returns its best model.
+    the current iteration and still returns its model so far.
     """
     from ..training import Trainer
 

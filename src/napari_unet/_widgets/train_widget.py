@@ -5,7 +5,7 @@ of the annotation, the settings), then runs :func:`._jobs.train_job` in a
 napari ``thread_worker``. Each yielded training event moves the progress bars
 and adds a point to the live plot; every N iterations the job also predicts
 the slice the user is looking at and the widget shows it in a
-"<image> preview" Labels layer. Cancel keeps the best model so far. The
+"<image> preview" Labels layer. Cancel keeps the model so far. The
 finished model is published to the viewer's :class:`._state.ViewerModels`,
 where the Segment widget picks it up, and can be saved as a checkpoint.
 """
@@ -587,7 +587,7 @@ class TrainWidget(JobWidget):
             if value.model is not None:
                 self._keep_model(value.model, f"on '{image_name}', stopped by an error")
                 self.set_status(
-                    f"{value.message} The best model so far (validated before the error) is kept.",
+                    f"{value.message} The model as last validated before the error is kept.",
                     "error",
                 )
             return
@@ -603,7 +603,7 @@ class TrainWidget(JobWidget):
         self._keep_model(value.model, f"on '{image_name}'{dice_short}")
         if value.cancelled:
             self.set_status(
-                f"Cancelled at iteration {value.iterations_run}; kept the best model so far "
+                f"Cancelled at iteration {value.iterations_run}; kept the model so far "
                 f"({dice_text}, iteration {best_it}). It is ready in the Segment widget.",
                 "warn",
             )
