@@ -56,11 +56,14 @@ def isbi_vs_k(results: Path, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     unet: dict[int, dict[str, float]] = {}
-    for name in ("isbi_k15.json", "isbi_k2_weighted.json"):
+    # the run with the engine's current default (last weights) when there is one
+    k2 = "isbi_k2_weighted_last.json" if (results / "isbi_k2_weighted_last.json").is_file() \
+        else "isbi_k2_weighted.json"
+    for name in ("isbi_k15.json", k2):
         run = _load(results / name)
         for r in (run or {}).get("results", []):
             if r["method"] == "unet" and r["iteration"] == run["unet"]["iterations"]:
-                unet[r["k"]] = r
+                unet[r["k"]] = {"are": r["are"], "fill_are": r["fill_are"]}
     pre = _load(ROOT / "src" / "napari_unet" / "models" / "em_membranes_default.json")
     pre_rows = _load(results / "pretrained_isbi.json")
     if pre and pre_rows:
