@@ -94,15 +94,17 @@ def lucchi_metrics(gt_fg: np.ndarray, pred_fg: np.ndarray) -> dict[str, float]:
     return {"iou": inter / union if union else 1.0, "dice": 2 * inter / total if total else 1.0}
 
 
-def _snapshot(trainer: Any) -> Any:
-    """The trainer's current weights as a TrainedModel (to evaluate mid-run)."""
+def snapshot(trainer: Any) -> Any:
+    """The trainer's current weights as a TrainedModel (to evaluate or save mid-run)."""
     import copy
 
     from napari_unet.checkpoint import TrainedModel
 
     model = copy.deepcopy(trainer.model).to("cpu").float().eval()
+    settings = trainer.config.to_dict() | {"annotation": None, "normalization": None}
     return TrainedModel(model=model, normalization=trainer.normalization,
-                        annotation=trainer.config.annotation, class_names=trainer.class_names)
+                        annotation=trainer.config.annotation, class_names=trainer.class_names,
+                        training={"settings": settings})
 
 
 def predict_foreground(trained: Any, image: np.ndarray, tta: bool, instances: str) -> np.ndarray:
@@ -145,7 +147,7 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
     for ev in trainer:
         if on_checkpoint is not None and ev.iteration in args.curve and not ev.done:
             t = time.perf_counter()
-            on_checkpoint(ev.iteration, predict_foreground(_snapshot(trainer), image[eval_sl],
+            on_checkpoint(ev.iteration, predict_foreground(snapshot(trainer), image[eval_sl],
                                                            args.tta, "components"), t - t0 - paused)
             paused += time.perf_counter() - t
     t1 = time.perf_counter()

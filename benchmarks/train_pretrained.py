@@ -14,7 +14,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import sys
@@ -25,20 +24,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_fewslice import DEFAULT_DATA, ISBI_KEYS, N_TRAIN, isbi_metrics, load_dataset  # noqa: E402
+from eval_fewslice import (  # noqa: E402
+    DEFAULT_DATA,
+    ISBI_KEYS,
+    N_TRAIN,
+    isbi_metrics,
+    load_dataset,
+    snapshot,
+)
 
 PACKAGE_MODEL = Path(__file__).resolve().parents[1] / "src" / "napari_unet" / "models" / "em_membranes_default.pt"
-
-
-def snapshot(trainer: Any) -> Any:
-    """The trainer's current weights as a TrainedModel (for intermediate evaluation)."""
-    from napari_unet.checkpoint import TrainedModel
-
-    model = copy.deepcopy(trainer.model).to("cpu").float().eval()
-    return TrainedModel(model=model, normalization=trainer.normalization,
-                        annotation=trainer.config.annotation, class_names=trainer.class_names,
-                        training={"settings": trainer.config.to_dict() | {"annotation": None,
-                                                                          "normalization": None}})
 
 
 def evaluate(trained: Any, image: np.ndarray, fg: np.ndarray, eval_sl: slice) -> dict[str, float]:

@@ -403,6 +403,8 @@ def _segment_file(
 
         next_id = 0
         t_predict = 0.0
+        # watershed and fill draw boundaries along the foreground probability
+        uses_p = options.instance_method in ("watershed", "fill")
         for z in range(depth):
             if should_stop is not None and should_stop():
                 raise Cancelled("batch cancelled")
@@ -413,7 +415,6 @@ def _segment_file(
             t_predict += time.perf_counter() - t1
             semantic = semantic_labels(probs)
             foreground_p = None
-            uses_p = options.instance_method in ("watershed", "fill")
             if PROBABILITIES in writers or (INSTANCES in writers and uses_p):
                 foreground_p = 1.0 - probs[0]
             if LABELS in writers:

@@ -132,7 +132,10 @@ def predict_steps(
     if instances:
         inst = np.zeros((z_, y_, x_), np.uint32)
         fg = foreground_from_semantic(semantic[zs])
-        pfg = fg_prob[zs] if fg_prob is not None else None if probs is None else 1.0 - probs[zs, 0]
+        if fg_prob is not None:
+            pfg = fg_prob[zs]
+        else:
+            pfg = None if probs is None else 1.0 - probs[zs, 0]
         inst[zs] = instance_labels(
             fg, method=instance_method, min_size=min_size, probabilities=pfg, per_slice=True
         )
