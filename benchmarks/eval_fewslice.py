@@ -139,6 +139,10 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
 
         init = napari_unet.load_checkpoint(resolve_model_path(args.init))
         extra = {"learning_rate": 3e-4, **extra}  # the engine's fine-tuning rate
+    if args.no_balance:
+        from napari_unet.annotations import AnnotationSettings
+
+        extra = {"annotation": AnnotationSettings(balance=False), **extra}
     config = TrainingConfig(iterations=args.iterations, loss=args.loss, **extra)
     trainer = Trainer(image[:n_train], labels, config, init=init,
                       model=None if init is not None else napari_unet.preset(args.preset))
@@ -192,6 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--init", default=None,
                     help="fine-tune this checkpoint ('default': the shipped model) instead of training from scratch")
     ap.add_argument("--loss", default="weighted_ce", choices=("weighted_ce", "ce", "dice", "dice_ce"))
+    ap.add_argument("--no-balance", action="store_true",
+                    help="train on the painted classes' natural frequencies (no w_c class balancing)")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations)")
     ap.add_argument("--curve", type=int, nargs="*", default=[],
                     help="also evaluate the U-Net at these iterations of the same run")
@@ -256,8 +262,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {
         "dataset": dataset, "train_slices": f"0-{n_train - 1}",
         "eval_slices": f"{eval_sl.start}-{eval_sl.stop - 1}",
-        "unet": {"preset": args.preset, "iterations": args.iterations, "init": args.init, "loss": args.loss,
-                 "tta": args.tta,
+        "unet": {"preset": None if args.init else args.preset, "iterations": args.iterations,
+                 "init": args.init, "loss": args.loss, "balance": not args.no_balance, "tta": args.tta,
                  **{k: v for k, v in extra.items() if k != "seed"}, "seed": args.seed},
         "rf": {"n_estimators": rf.n_estimators, "n_jobs": rf.n_jobs, "sigma_min": rf.sigma_min,
                "sigma_max": rf.sigma_max, "max_samples": rf.max_samples},
