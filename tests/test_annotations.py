@@ -37,6 +37,38 @@ def test_touching_objects_are_separated_by_one_pixel_line():
     assert sl.weight[16, sep] > 8
 
 
+def _sparse_objects() -> np.ndarray:
+    """Two small separate objects covering 8 % of a slice (like mitochondria)."""
+    lab = np.zeros((1, 50, 50), np.uint8)
+    lab[0, 5:15, 5:15] = 1
+    lab[0, 30:40, 30:40] = 2
+    return lab
+
+
+def test_dense_slices_keep_their_class_frequencies_by_default():
+    # far from any object the weight is exactly 1: no w_c up-weighting of the rare class
+    (sl,) = prepare_slices(_sparse_objects())
+    assert AnnotationSettings().balance == "auto" and not AnnotationSettings().balances
+    np.testing.assert_allclose(sl.weight[48, 0], 1.0)
+    np.testing.assert_allclose(sl.weight[10, 10], 1.0)
+    # the paper's balancing on request: each class carries half of the total weight
+    (bal,) = prepare_slices(_sparse_objects(), AnnotationSettings(balance=True))
+    fg = bal.target == 1
+    np.testing.assert_allclose(bal.weight[10, 10], bal.target.size / (2 * fg.sum()), rtol=1e-6)
+    assert bal.weight[48, 0] < 1.0
+
+
+def test_scribbles_are_balanced_by_default():
+    lab = np.zeros((1, 20, 20), np.uint8)
+    lab[0, 2, :] = 1  # 20 background pixels
+    lab[0, 10, 5:10] = 2  # 5 object pixels
+    (sl,) = prepare_slices(lab, AnnotationSettings(mode="scribbles"))
+    np.testing.assert_allclose(sl.weight[2, 0], 25 / (2 * 20))
+    np.testing.assert_allclose(sl.weight[10, 5], 25 / (2 * 5))
+    (off,) = prepare_slices(lab, AnnotationSettings(mode="scribbles", balance=False))
+    assert set(np.unique(off.weight[lab[0] > 0])) == {1.0}
+
+
 def test_binary_mask_becomes_instances():
     lab = np.zeros((1, 40, 40), np.uint8)
     lab[0] = 255
@@ -97,3 +129,5 @@ def test_settings_validation():
         AnnotationSettings(mode="scribbles", ignore_id=3)
     with pytest.raises(ValueError):
         AnnotationSettings(ignore_id=0)
+    with pytest.raises(ValueError, match="balance"):
+        AnnotationSettings(balance="yes")

@@ -63,15 +63,17 @@ def test_train_then_segment_end_to_end(tmp_path, capsys, training_data):
     assert "Trained 6 iterations" in out and model.exists()
     trained = load_checkpoint(model)
     assert trained.training["settings"]["iterations"] == 6 and trained.config.depth == 2
+    assert trained.annotation.balance == "auto" and not trained.annotation.balances
     # -o exists: refused before any training
     code, _, err = run(capsys, "train", image, labels, "-o", model, *QUICK_TRAIN)
     assert code == 1 and "--overwrite" in err
     # fine-tune from it, then resume
     tuned = tmp_path / "tuned.pt"
     code, out, err = run(capsys, "train", image, labels, "-o", tuned, "--from", model, "--iterations", "4",
-                         "--patch-size", "24", "--batch-size", "2")
+                         "--patch-size", "24", "--batch-size", "2", "--class-balance", "on")
     assert code == 0 and "fine-tuning" in out, err
     assert load_checkpoint(tuned).training["settings"]["learning_rate"] == pytest.approx(3e-4)
+    assert load_checkpoint(tuned).annotation.balance is True
 
     data = tmp_path / "data"
     write_stack(data / "stack.tif", (3, 50, 70), seed=1)

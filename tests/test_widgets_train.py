@@ -369,3 +369,15 @@ def test_the_shipped_model_is_the_default_starting_point(make_napari_viewer):
     assert _start_from_choices()[0] == ("built-in default (pretrained EM model)", "builtin")
     widget.start_from.value = "scratch"
     assert widget.learning_rate.value == pytest.approx(1e-3)
+
+
+def test_class_balancing_is_an_advanced_choice_that_reaches_training(make_napari_viewer):
+    viewer = make_napari_viewer()
+    add_small_stack(viewer)
+    widget = open_train(viewer)
+    assert widget.class_balance.native.isHidden()  # a detail most users never need
+    assert widget.build_request().config.annotation.balance == "auto"
+    widget.show_advanced.value = True
+    assert not widget.class_balance.native.isHidden()
+    widget.class_balance.value = True
+    assert widget.build_request().config.annotation.balance is True

@@ -18,6 +18,15 @@ by training. Two conventions are supported:
 ``"scribbles"`` (ilastik's convention)
     0 = unlabelled (ignored by the loss), 1 = background, 2..K = classes K-1.
     Sparse strokes are enough; only stroked pixels count.
+
+Class balancing (the paper's ``w_c``) is on for scribbles, whose class
+proportions are whatever the strokes happen to cover, and off for dense slices,
+whose proportions are the tissue's own (``balance="auto"``). Balancing a dense
+slice trains the network on a prior that is not the data's: Lucchi mitochondria
+cover 7 % of the pixels, balancing up-weights them 13x, and the prediction
+grows false-positive rims and blobs (precision about 0.5 at recall 0.97); ISBI
+cells did as well or better without it. BENCHMARKS.md has the figures. The
+border term, which separates touching objects, stays on in both modes.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from .weightmap import boundary_weight_map
 
 Mode = Literal["dense", "scribbles"]
 MODES = ("dense", "scribbles")
+Balance = Literal["auto"] | bool
 IGNORE = -1
 
 
@@ -45,9 +55,12 @@ class AnnotationSettings:
     boundary_class: bool = False
     w0: float = 10.0
     sigma: float = 5.0
-    balance: bool = True
+    # class balancing w_c: "auto" = scribbles only (see the module docstring)
+    balance: Balance = "auto"
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.balance, bool) or self.balance == "auto"):
+            raise ValueError(f"balance must be 'auto', True or False, got {self.balance!r}")
         if self.mode not in MODES:
             raise ValueError(f"annotation mode must be one of {MODES}, got {self.mode!r}")
         if self.ignore_id is not None:
@@ -59,6 +72,11 @@ class AnnotationSettings:
             raise ValueError("boundary_class applies to dense mode only")
         if self.sigma <= 0 or self.w0 < 0:
             raise ValueError(f"need sigma > 0 and w0 >= 0, got sigma={self.sigma}, w0={self.w0}")
+
+    @property
+    def balances(self) -> bool:
+        """Whether the weight maps carry class-balancing weights (``"auto"`` resolved)."""
+        return self.mode == "scribbles" if self.balance == "auto" else bool(self.balance)
 
 
 @dataclass
@@ -197,14 +215,14 @@ def prepare_slices(labels: np.ndarray, settings: AnnotationSettings | None = Non
         if settings.mode == "dense":
             target, inst, n_obj = dense_slice_target(sl, settings)
             weight = boundary_weight_map(
-                inst, w0=settings.w0, sigma=settings.sigma, target=target, balance=settings.balance
+                inst, w0=settings.w0, sigma=settings.sigma, target=target, balance=settings.balances
             )
         else:
             target = sl.astype(np.int64) - 1
             n_obj = 0
             weight = boundary_weight_map(
                 np.zeros(sl.shape, np.int32), w0=0.0, sigma=settings.sigma, target=target,
-                balance=settings.balance,
+                balance=settings.balances,
             )
         out.append(AnnotatedSlice(z, target, weight.astype(np.float32, copy=False), n_obj))
     present = set()

@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterator, Sequence
 from .errors import Cancelled
 
 PROG = "napari-unet"
+# --class-balance words -> AnnotationSettings.balance
+BALANCE_OPTIONS: dict[str, Any] = {"auto": "auto", "on": True, "off": False}
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ABORTED = 0, 1, 2, 130
 
 logger = logging.getLogger(__name__)
@@ -140,7 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "learning_rate" not in base and init is not None:
         base["learning_rate"] = 3e-4  # fine-tuning: keep what the model knows
     annotation = AnnotationSettings(
-        mode=args.mode, ignore_id=args.ignore_id, boundary_class=args.boundary_class
+        mode=args.mode, ignore_id=args.ignore_id, boundary_class=args.boundary_class,
+        balance=BALANCE_OPTIONS[args.class_balance],
     )
     config = TrainingConfig(annotation=annotation, device=args.device, **base)
 
@@ -526,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-id", type=int, metavar="ID", help="a label id meaning 'do not learn here'")
     p.add_argument("--boundary-class", action="store_true",
                    help="learn membranes between touching objects as a class of their own")
+    p.add_argument("--class-balance", choices=tuple(BALANCE_OPTIONS), default="auto",
+                   help="weight classes by inverse frequency (the paper's w_c); auto: for "
+                   "scribbles only, since painted slices already show the true proportions")
     p.add_argument("--device", choices=devices, default="auto", help="where to train (default: auto)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
     p.add_argument("--resume", action="store_true",

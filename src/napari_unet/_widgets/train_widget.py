@@ -203,6 +203,15 @@ class TrainWidget(JobWidget):
             visible=False,
             tooltip="How far (pixels) the extra boundary weight reaches (the paper's sigma).",
         )
+        self.class_balance = ComboBox(
+            label="class balancing",
+            choices=[("auto", "auto"), ("on", True), ("off", False)],
+            value="auto",
+            visible=False,
+            tooltip="Weight rare classes up (the U-Net paper's w_c). auto: on for scribbles, off "
+            "for painted slices, which already show the true proportions (balancing them makes "
+            "small structures such as mitochondria come out too large).",
+        )
         self.patch_size = SpinBox(
             label="patch size (px)",
             min=16,
@@ -240,6 +249,7 @@ class TrainWidget(JobWidget):
                 self.show_advanced,
                 self.w0,
                 self.sigma,
+                self.class_balance,
                 self.patch_size,
                 self.batch_size,
                 self.seed,
@@ -298,7 +308,7 @@ class TrainWidget(JobWidget):
     def _update_fields(self, *_: Any) -> None:
         """Show the fields that apply to the current choices."""
         advanced = bool(self.show_advanced.value)
-        for w in (self.w0, self.sigma, self.patch_size, self.batch_size, self.seed):
+        for w in (self.w0, self.sigma, self.class_balance, self.patch_size, self.batch_size, self.seed):
             w.visible = advanced
         start = self.start_from.value
         self.checkpoint.visible = start == "checkpoint"
@@ -483,7 +493,8 @@ class TrainWidget(JobWidget):
             patch_size=int(self.patch_size.value),
             learning_rate=float(self.learning_rate.value),
             annotation=AnnotationSettings(
-                mode=self.mode.value, w0=float(self.w0.value), sigma=float(self.sigma.value)
+                mode=self.mode.value, w0=float(self.w0.value), sigma=float(self.sigma.value),
+                balance=self.class_balance.value,
             ),
             seed=int(self.seed.value),
             device=self.device.value,
