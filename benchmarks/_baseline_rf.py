@@ -2,7 +2,9 @@
 
 Features are :func:`skimage.feature.multiscale_basic_features` (intensity,
 edges, texture at sigma 1..16), computed per 2D slice. The forest is trained
-on a random, class-balanced subsample of the annotated pixels only.
+on a random subsample of the annotated pixels only: class-balanced (as a user's
+scribbles tend to be) or, with ``balanced=False``, at the painted slices' own
+class proportions (what the U-Net trains on by default in dense mode).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class RFSettings:
     sigma_min: float = 1.0
     sigma_max: float = 16.0
     max_samples: int = 200_000
+    balanced: bool = True
     seed: int = 0
 
 
@@ -52,7 +55,8 @@ def train_rf(image: np.ndarray, masks: dict[int, np.ndarray], s: RFSettings) -> 
     """Fit the forest on the annotated slices ``masks`` (z -> binary mask); returns (model, seconds).
 
     The pixel budget ``max_samples`` is shared equally among the slices and
-    each slice's share is split equally between foreground and background.
+    each slice's share is split equally between foreground and background
+    (``balanced``) or drawn uniformly.
     """
     t0 = time.perf_counter()
     rng = np.random.default_rng(s.seed)
@@ -61,7 +65,8 @@ def train_rf(image: np.ndarray, masks: dict[int, np.ndarray], s: RFSettings) -> 
     for z, mask in sorted(masks.items()):
         feats = slice_features(image[z], s)
         y = mask.reshape(-1).astype(np.uint8)
-        idx = _balanced_indices(y, per_slice, rng)
+        idx = (_balanced_indices(y, per_slice, rng) if s.balanced
+               else rng.choice(y.size, size=min(per_slice, y.size), replace=False))
         xs.append(feats.reshape(-1, feats.shape[-1])[idx])
         ys.append(y[idx])
     clf = RandomForestClassifier(n_estimators=s.n_estimators, n_jobs=s.n_jobs, random_state=s.seed)

@@ -192,6 +192,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--patch-size", type=int, default=None, help="U-Net training patch (default: engine's)")
     ap.add_argument("--method", nargs="+", choices=("unet", "rf", "both"), default=["both"])
     ap.add_argument("--rf-samples", type=int, default=200_000, help="max annotated pixels for the RF")
+    ap.add_argument("--rf-natural", action="store_true",
+                    help="RF samples pixels at their painted proportions instead of class-balanced")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", default=None,
                     help="fine-tune this checkpoint ('default': the shipped model) instead of training from scratch")
@@ -211,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     methods = {"unet", "rf"} if "both" in args.method else set(args.method)
     extra: dict[str, Any] = {"seed": args.seed}
-    rf = RFSettings(max_samples=args.rf_samples, seed=args.seed)
+    rf = RFSettings(max_samples=args.rf_samples, balanced=not args.rf_natural, seed=args.seed)
     if args.quick:
         from napari_unet.synthetic import synthetic_em_stack
 
@@ -221,7 +223,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ks = sorted({min(k, n_train) for k in args.k if k <= 2} or {1})
         args.preset, args.iterations = "tiny", 3
         extra.update(patch_size=32, batch_size=2, val_every=10**9)
-        rf = RFSettings(n_estimators=5, n_jobs=1, sigma_max=4, max_samples=2000, seed=args.seed)
+        rf = RFSettings(n_estimators=5, n_jobs=1, sigma_max=4, max_samples=2000, balanced=rf.balanced,
+                        seed=args.seed)
         metric_fn, keys = isbi_metrics_both, ISBI_KEYS + ("fill_are",)
     else:
         image, fg = load_dataset(args.dataset, args.data)
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "init": args.init, "loss": args.loss, "balance": not args.no_balance, "tta": args.tta,
                  **{k: v for k, v in extra.items() if k != "seed"}, "seed": args.seed},
         "rf": {"n_estimators": rf.n_estimators, "n_jobs": rf.n_jobs, "sigma_min": rf.sigma_min,
-               "sigma_max": rf.sigma_max, "max_samples": rf.max_samples},
+               "sigma_max": rf.sigma_max, "max_samples": rf.max_samples, "balanced": rf.balanced},
         "host": {"machine": platform.machine(), "python": platform.python_version()},
         "results": results,
     }
