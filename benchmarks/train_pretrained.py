@@ -58,22 +58,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--select", choices=("final", "best"), default="final",
                     help="ship the weights at the end of the schedule (default) or the engine's "
                          "best-validation-Dice weights")
+    ap.add_argument("--class-balance", choices=("on", "off"), default="on",
+                    help="the paper's w_c class balancing; the shipped model was trained with it "
+                    "(the engine's dense default is now off)")
     ap.add_argument("--quick", action="store_true", help="synthetic stack, tiny model, a few iterations")
     args = ap.parse_args(argv)
 
     import napari_unet
+    from napari_unet.annotations import AnnotationSettings
     from napari_unet.checkpoint import save_checkpoint
     from napari_unet.training import Trainer, TrainingConfig
+
+    annotation = AnnotationSettings(balance=args.class_balance == "on")
 
     if args.quick:
         stack = napari_unet.synthetic_em_stack((6, 64, 64), seed=args.seed)
         image, fg, n_train = stack.image, stack.foreground, 4
         args.preset, args.iterations = "tiny", 3
-        cfg = TrainingConfig(iterations=3, patch_size=32, batch_size=2, seed=args.seed)
+        cfg = TrainingConfig(iterations=3, patch_size=32, batch_size=2, seed=args.seed, annotation=annotation)
     else:
         image, fg = load_dataset("isbi", args.data)
         n_train = N_TRAIN
-        cfg = TrainingConfig(iterations=args.iterations, seed=args.seed)
+        cfg = TrainingConfig(iterations=args.iterations, seed=args.seed, annotation=annotation)
     eval_sl = slice(n_train, image.shape[0])
     labels = np.where(fg[:n_train], 255, 0).astype(np.uint8)
 
