@@ -123,6 +123,8 @@ def test_validation_split():
     assert split.held_out and len(split.val) == 1 and len(split.train) == 5
     split = _split(slices[:2], 0.2)  # bands of each slice
     assert split.held_out and len(split.val) == 2
+    split = _split(slices[:4], 0.2)  # 0.2 x 4 < 1 slice: bands, all four slices still train
+    assert split.held_out and len(split.val) == 4 and len(split.train) == 4
     for s in split.train:
         assert (s.target == -1).any()
     split = _split(slices[:2], 0.0)

@@ -140,16 +140,18 @@ class _Split:
 def _split(slices: list[AnnotatedSlice], fraction: float) -> _Split:
     """Hold out annotated pixels for validation.
 
-    With three or more annotated slices whole slices are held out (evenly
-    spread). With fewer, an edge band of each slice is held out instead, so
-    that even one painted slice gives an honest validation figure. With
+    When ``fraction`` of the annotated slices is at least one slice, whole
+    slices are held out (evenly spread). Otherwise an edge band of each slice
+    is held out instead, so that even one painted slice gives an honest
+    validation figure, and a few painted slices do not lose a whole one of
+    them to validation (1 of 5 is 20 % of the labels, not 10 %). With
     ``fraction == 0`` (or when no band holds two classes) the model is
     validated on its training pixels (``held_out=False``).
     """
     if fraction <= 0:
         return _Split(slices, [(s.z, (slice(None), slice(None)), s.target) for s in slices], False)
-    if len(slices) >= 3:
-        n_val = max(1, int(round(fraction * len(slices))))
+    n_val = int(fraction * len(slices) + 1e-9)
+    if n_val >= 1 and len(slices) >= 3:
         idx = set(np.linspace(0, len(slices) - 1, n_val + 2).round().astype(int)[1:-1].tolist())
         if len(idx) < n_val:
             idx = set(range(len(slices) - n_val, len(slices)))
