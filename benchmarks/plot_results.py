@@ -51,6 +51,42 @@ def finetune_curve(results: Path, out: Path) -> Path | None:
     return out
 
 
+def lucchi_k5_curve(results: Path, out: Path) -> Path | None:
+    """Lucchi k=5: IoU vs iterations, fine-tuned from the shipped model at natural class proportions."""
+    import matplotlib.pyplot as plt
+
+    runs = {"1200 iterations (4 training slices)": _load(results / "lucchi_k5_pretrained_nobal.json"),
+            "2400 iterations, TTA (5 slices)": _load(results / "lucchi_k5_pretrained_nobal_2400_tta.json")}
+    if not any(runs.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, run in runs.items():
+        if run is None:
+            continue
+        rows = sorted((r for r in run["results"] if r["method"] == "unet"), key=lambda r: r["iteration"])
+        ax.plot([r["iteration"] for r in rows], [r["iou"] for r in rows], "o-", label=label)
+    old = _load(results / "lucchi_k5_pretrained.json")
+    if old:
+        r = old["results"][-1]
+        ax.plot([r["iteration"]], [r["iou"]], "x", color="C3", ms=8, label="with class balancing (former default)")
+    for name, style in (("lucchi_rf.json", "--"), ("lucchi_rf_natural.json", ":")):
+        for r in (_load(results / name) or {}).get("results", []):
+            if r["k"] == 5:
+                kind = "class-balanced" if style == "--" else "natural proportions"
+                ax.axhline(r["iou"], color="grey", ls=style, label=f"random forest, {kind}")
+    ax.axhline(0.80, color="C2", lw=0.8, ls="-.", label="target")
+    ax.set_xlabel("fine-tuning iterations (batch 4)")
+    ax.set_ylabel("foreground IoU, slices 20-39")
+    ax.set_title("Lucchi mitochondria, 5 painted slices", fontsize=10)
+    ax.set_ylim(0.3, 0.9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def isbi_vs_k(results: Path, out: Path) -> Path | None:
     """ISBI: adapted Rand error vs number of painted slices, U-Net vs random forest."""
     import matplotlib.pyplot as plt
@@ -59,7 +95,7 @@ def isbi_vs_k(results: Path, out: Path) -> Path | None:
     # the run with the engine's current default (last weights) when there is one
     k2 = "isbi_k2_weighted_last.json" if (results / "isbi_k2_weighted_last.json").is_file() \
         else "isbi_k2_weighted.json"
-    for name in ("isbi_k15.json", k2):
+    for name in ("isbi_k1_k5_weighted_last.json", k2):
         run = _load(results / name)
         for r in (run or {}).get("results", []):
             if r["method"] == "unet" and r["iteration"] == run["unet"]["iterations"]:
@@ -81,6 +117,16 @@ def isbi_vs_k(results: Path, out: Path) -> Path | None:
         ax.plot(ks, [rows[k]["are"] for k in ks], "o--", color=color, label=f"{name}, components")
         if all("fill_are" in rows[k] for k in ks):
             ax.plot(ks, [rows[k]["fill_are"] for k in ks], "s-", color=color, label=f"{name}, fill")
+    # the engine's current dense default: no class balancing (w_c), border term kept
+    nat = {}
+    for name in ("isbi_k2_nobal_last.json", "isbi_k20_nobal_last.json"):
+        run = _load(results / name)
+        for r in (run or {}).get("results", []):
+            if r["method"] == "unet" and r["iteration"] == run["unet"]["iterations"]:
+                nat[r["k"]] = r["fill_are"]
+    if nat:
+        ks = sorted(nat)
+        ax.plot(ks, [nat[k] for k in ks], "D", color="C2", label="U-Net, no class balancing, fill")
     ax.axhline(0.06, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xticks([1, 2, 5, 20], labels=["1", "2", "5", "20"])
@@ -133,6 +179,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args.out.mkdir(parents=True, exist_ok=True)
     written = [p for p in (
         finetune_curve(args.results, args.out / "lucchi_finetune_curve.png"),
+        lucchi_k5_curve(args.results, args.out / "lucchi_k5_curve.png"),
         isbi_vs_k(args.results, args.out / "isbi_are_vs_slices.png"),
         monai_speed(args.results, args.out / "monai_speed_cpu.png"),
     ) if p is not None]
