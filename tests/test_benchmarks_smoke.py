@@ -103,3 +103,17 @@ def test_train_pretrained_quick(tmp_path: Path) -> None:
     assert model.config.base_channels > 0
     assert json.loads(out.with_suffix(".json").read_text())["eval"] == report["eval"]
     assert len(report["curve"]) == 1 and (tmp_path / "s" / "it00002.pt").is_file()
+
+
+def test_calibration_quick_run(tmp_path: Path) -> None:
+    mod = _load("eval_calibration")
+    out = tmp_path / "c.json"
+    rows = mod.main(["--quick", "--out", str(out)])
+    assert [r["balance"] for r in rows] == ["on", "off"]
+    assert json.loads(out.read_text())["results"] == rows
+    for r in rows:
+        assert 0.0 <= r["precision@0.5"] <= 1.0 and 0.0 <= r["recall@0.5"] <= 1.0
+    gt = mod.np.zeros((2, 4), bool)
+    gt[0] = True
+    s = mod.scores(mod.np.where(gt, 0.9, 0.6), gt)  # every pixel above 0.5: half are false positives
+    assert s["precision@0.5"] == 0.5 and s["recall@0.5"] == 1.0 and s["iou@0.7"] == 1.0
