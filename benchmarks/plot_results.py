@@ -20,6 +20,36 @@ def _load(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _iou_curves(ax: Any, runs: dict[str, Any]) -> None:
+    """One IoU-vs-iterations line per eval_fewslice run (its curve points and its end)."""
+    for label, run in runs.items():
+        if run is None:
+            continue
+        rows = sorted((r for r in run["results"] if r["method"] == "unet"), key=lambda r: r["iteration"])
+        ax.plot([r["iteration"] for r in rows], [r["iou"] for r in rows], "o-", label=label)
+
+
+def _final_unet_rows(results: Path, names: tuple[str, ...]) -> dict[int, dict[str, Any]]:
+    """k -> the U-Net row at the end of each named run (not its curve points)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for name in names:
+        run = _load(results / name)
+        for r in (run or {}).get("results", []):
+            if r["method"] == "unet" and r["iteration"] == run["unet"]["iterations"]:
+                rows[r["k"]] = r
+    return rows
+
+
+def _save(fig: Any, ax: Any, out: Path, legend_size: int = 8) -> Path:
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def finetune_curve(results: Path, out: Path) -> Path | None:
     """Lucchi k=2: foreground IoU vs iterations, from scratch vs from the shipped model."""
     import matplotlib.pyplot as plt
@@ -29,11 +59,7 @@ def finetune_curve(results: Path, out: Path) -> Path | None:
     if not any(runs.values()):
         return None
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for label, run in runs.items():
-        if run is None:
-            continue
-        rows = sorted((r for r in run["results"] if r["method"] == "unet"), key=lambda r: r["iteration"])
-        ax.plot([r["iteration"] for r in rows], [r["iou"] for r in rows], "o-", label=label)
+    _iou_curves(ax, runs)
     rf = _load(results / "lucchi_rf.json")
     if rf:
         for r in rf["results"]:
@@ -44,11 +70,7 @@ def finetune_curve(results: Path, out: Path) -> Path | None:
     ax.set_title("Lucchi mitochondria, 2 painted slices", fontsize=10)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out)
 
 
 def lucchi_k5_curve(results: Path, out: Path) -> Path | None:
@@ -60,11 +82,7 @@ def lucchi_k5_curve(results: Path, out: Path) -> Path | None:
     if not any(runs.values()):
         return None
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for label, run in runs.items():
-        if run is None:
-            continue
-        rows = sorted((r for r in run["results"] if r["method"] == "unet"), key=lambda r: r["iteration"])
-        ax.plot([r["iteration"] for r in rows], [r["iou"] for r in rows], "o-", label=label)
+    _iou_curves(ax, runs)
     old = _load(results / "lucchi_k5_pretrained.json")
     if old:
         r = old["results"][-1]
@@ -80,26 +98,18 @@ def lucchi_k5_curve(results: Path, out: Path) -> Path | None:
     ax.set_title("Lucchi mitochondria, 5 painted slices", fontsize=10)
     ax.set_ylim(0.3, 0.9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out, legend_size=7)
 
 
 def isbi_vs_k(results: Path, out: Path) -> Path | None:
     """ISBI: adapted Rand error vs number of painted slices, U-Net vs random forest."""
     import matplotlib.pyplot as plt
 
-    unet: dict[int, dict[str, float]] = {}
     # the run with the engine's current default (last weights) when there is one
     k2 = "isbi_k2_weighted_last.json" if (results / "isbi_k2_weighted_last.json").is_file() \
         else "isbi_k2_weighted.json"
-    for name in ("isbi_k1_k5_weighted_last.json", k2):
-        run = _load(results / name)
-        for r in (run or {}).get("results", []):
-            if r["method"] == "unet" and r["iteration"] == run["unet"]["iterations"]:
-                unet[r["k"]] = {"are": r["are"], "fill_are": r["fill_are"]}
+    unet = {k: {"are": r["are"], "fill_are": r["fill_are"]}
+            for k, r in _final_unet_rows(results, ("isbi_k1_k5_weighted_last.json", k2)).items()}
     pre = _load(ROOT / "src" / "napari_unet" / "models" / "em_membranes_default.json")
     pre_rows = _load(results / "pretrained_isbi.json")
     if pre and pre_rows:
@@ -118,15 +128,10 @@ def isbi_vs_k(results: Path, out: Path) -> Path | None:
         if all("fill_are" in rows[k] for k in ks):
             ax.plot(ks, [rows[k]["fill_are"] for k in ks], "s-", color=color, label=f"{name}, fill")
     # the engine's current dense default: no class balancing (w_c), border term kept
-    nat = {}
-    for name in ("isbi_k2_nobal_last.json", "isbi_k20_nobal_last.json"):
-        run = _load(results / name)
-        for r in (run or {}).get("results", []):
-            if r["method"] == "unet" and r["iteration"] == run["unet"]["iterations"]:
-                nat[r["k"]] = r["fill_are"]
+    nat = _final_unet_rows(results, ("isbi_k2_nobal_last.json", "isbi_k20_nobal_last.json"))
     if nat:
         ks = sorted(nat)
-        ax.plot(ks, [nat[k] for k in ks], "D", color="C2", label="U-Net, no class balancing, fill")
+        ax.plot(ks, [nat[k]["fill_are"] for k in ks], "D", color="C2", label="U-Net, no class balancing, fill")
     ax.axhline(0.06, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
     ax.set_xticks([1, 2, 5, 20], labels=["1", "2", "5", "20"])
@@ -134,11 +139,7 @@ def isbi_vs_k(results: Path, out: Path) -> Path | None:
     ax.set_ylabel("adapted Rand error, slices 20-29")
     ax.set_title("ISBI 2012 membranes (lower is better)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out, legend_size=7)
 
 
 def monai_speed(results: Path, out: Path) -> Path | None:
@@ -161,11 +162,7 @@ def monai_speed(results: Path, out: Path) -> Path | None:
     ax.set_xticks(range(len(runs)), labels=[f"{n} ({r['parameters_M']} M params)" for n, r in runs])
     ax.set_ylabel("napari-unet speed / MONAI speed")
     ax.set_title("Prediction speed-up over MONAI, same weights, CPU", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, ax, out)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
