@@ -410,6 +410,19 @@ class Trainer:
         kept_metric: float | None = None  # that of the weights kept (see selection_tolerance)
         best_state: dict[str, torch.Tensor] | None = None
         best_opt: dict[str, Any] | None = None
+        best_it = self.start_iteration
+
+        def consider(val: float, iteration: int, optimizer: torch.optim.Optimizer) -> bool:
+            """Keep the current weights if ``_keep`` says so; returns whether it did."""
+            nonlocal best_metric, kept_metric, best_state, best_opt, best_it
+            if not self._keep(val, best_metric):
+                return False
+            best_metric = val if best_metric is None or math.isnan(best_metric) else max(best_metric, val)
+            kept_metric = val
+            best_state, best_opt = _cpu_state(model.state_dict()), _cpu_state(optimizer.state_dict())
+            best_it = iteration
+            return True
+
         t0 = time.perf_counter()
         window: list[tuple[float, int]] = []
         it = self.start_iteration
@@ -456,13 +469,7 @@ class Trainer:
                 is_best = False
                 if (it + 1) % self.val_every == 0 or it + 1 == cfg.iterations:
                     val = self._validate()
-                    if self._keep(val, best_metric):
-                        is_best = True
-                        best_metric = val if best_metric is None or math.isnan(best_metric) else max(best_metric, val)
-                        kept_metric = val
-                        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                        best_opt = _cpu_state(opt.state_dict())
-                        best_it = it + 1
+                    is_best = consider(val, it + 1, opt)
                 last = TrainEvent(
                     iteration=it + 1,
                     total=cfg.iterations,
@@ -480,15 +487,9 @@ class Trainer:
             done_it = last.iteration if last is not None else self.start_iteration
             if cancelled and last is not None and last.val_metric is None:
                 # validate the current weights once more so nothing better is lost
-                val = self._validate()
-                if self._keep(val, best_metric):
-                    best_metric = val if best_metric is None or math.isnan(best_metric) else max(best_metric, val)
-                    kept_metric = val
-                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                    best_opt = _cpu_state(opt.state_dict())
-                    best_it = last.iteration
+                consider(self._validate(), last.iteration, opt)
             if best_state is None:  # cancelled before the first iteration
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                best_state = _cpu_state(model.state_dict())
                 best_opt = None
                 best_it = self.start_iteration
             self._finish(best_state, best_opt, best_it, kept_metric, done_it)
