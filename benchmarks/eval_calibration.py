@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_fewslice import DEFAULT_DATA, N_TRAIN, choose_slices, load_dataset  # noqa: E402
+from eval_fewslice import DEFAULT_DATA, N_TRAIN, choose_slices, load_dataset, painted_labels  # noqa: E402
 
 THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
@@ -76,9 +76,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         init, model = napari_unet.load_checkpoint(default_checkpoint()), None
         extra = {"learning_rate": 3e-4}
     zs = choose_slices(k, n_train)
-    labels = np.zeros(image[:n_train].shape, np.uint8)
-    for z in zs:
-        labels[z] = np.where(fg[z], 255, 0)
+    labels = painted_labels(fg, zs, n_train)
     rows = []
     for balance in args.balance:
         cfg = TrainingConfig(iterations=args.iterations, loss=args.loss, seed=args.seed,

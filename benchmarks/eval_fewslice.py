@@ -94,6 +94,14 @@ def lucchi_metrics(gt_fg: np.ndarray, pred_fg: np.ndarray) -> dict[str, float]:
     return {"iou": inter / union if union else 1.0, "dice": 2 * inter / total if total else 1.0}
 
 
+def painted_labels(fg: np.ndarray, zs: list[int], n_train: int) -> np.ndarray:
+    """The annotation a user would have painted: whole slices ``zs`` (255 = object), the rest 0."""
+    labels = np.zeros((n_train, *fg.shape[1:]), dtype=np.uint8)
+    for z in zs:
+        labels[z] = np.where(fg[z], 255, 0)
+    return labels
+
+
 def snapshot(trainer: Any) -> Any:
     """The trainer's current weights as a TrainedModel (to evaluate or save mid-run)."""
     import copy
@@ -130,9 +138,7 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
     import napari_unet
     from napari_unet.training import Trainer, TrainingConfig
 
-    labels = np.zeros(image[:n_train].shape, dtype=np.uint8)
-    for z in zs:
-        labels[z] = np.where(fg[z], 255, 0)
+    labels = painted_labels(fg, zs, n_train)
     init = None
     if args.init:
         from napari_unet.batch import resolve_model_path
