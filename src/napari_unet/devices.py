@@ -1,9 +1,11 @@
 """Choosing where torch runs, and with which mixed precision.
 
 ``"auto"`` prefers CUDA, then Apple's MPS, then the CPU. Mixed precision is used
-on CUDA only: bf16 where the GPU supports it (no loss scaling needed), else fp16
-with a gradient scaler; CPU and MPS run in float32, which is both correct and,
-on CPUs, usually as fast.
+on CUDA only: bf16 where the GPU computes it natively (compute capability 8.0
+and later: A100, H100, RTX 30xx/40xx; no loss scaling needed), else fp16 with a
+gradient scaler. ``torch.cuda.is_bf16_supported()`` is not asked: it also says
+yes where bf16 is only emulated (T4, V100), which is slower than float32 there.
+CPU and MPS run in float32, which is both correct and, on CPUs, usually as fast.
 """
 
 from __future__ import annotations
@@ -73,11 +75,46 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     raise ValueError(f"unknown device {device!r}; choose one of {DEVICE_CHOICES}")
 
 
+#: First CUDA compute capability with native bf16 tensor-core arithmetic (Ampere).
+NATIVE_BF16_CAPABILITY = (8, 0)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True when ``device`` computes bf16 in hardware (not emulated)."""
+    if device.type != "cuda":
+        return False
+    return tuple(torch.cuda.get_device_capability(device)) >= NATIVE_BF16_CAPABILITY
+
+
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for ``device``, or None for full float32."""
+    """Mixed-precision dtype for ``device``, or None for full float32.
+
+    bf16 only with native support; fp16 otherwise (training then needs a
+    :class:`torch.amp.GradScaler`, see :func:`grad_scaler`).
+    """
     if device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if native_bf16(device) else torch.float16
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler | None:
+    """A loss scaler for fp16 training on CUDA (bf16 and float32 need none)."""
+    if device.type == "cuda" and dtype == torch.float16:
+        return torch.amp.GradScaler("cuda")
+    return None
+
+
+def out_of_memory_error() -> tuple[type[BaseException], ...]:
+    """The exception types torch raises when a device runs out of memory."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom,) if oom is not None else ()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or MPS's and older builds' RuntimeError saying so."""
+    if isinstance(exc, out_of_memory_error()):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 @contextlib.contextmanager

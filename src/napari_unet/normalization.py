@@ -29,6 +29,8 @@ def _sample(stack: Any) -> np.ndarray:
     step = max(1, int(np.ceil(np.sqrt(ny * nx / _MAX_PIXELS_PER_SLICE))))
     parts = [np.asarray(stack[int(k), ::step, ::step]).ravel() for k in zs]
     values = np.concatenate(parts)
+    if values.dtype.kind == "b":  # a mask (image > t): numbers 0/1, as everywhere else
+        values = values.astype(np.uint8)
     if values.dtype.kind == "f":
         values = values[np.isfinite(values)]
     return values

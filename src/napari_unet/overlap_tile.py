@@ -29,6 +29,7 @@ The pooling grid
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Iterator
 
@@ -36,17 +37,79 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import autocast, resolve_device
+from .devices import autocast, is_out_of_memory, release_memory, resolve_device
 from .errors import Cancelled
 from .tiling import BLEND_KINDS, blend_window, tile_starts
 
+logger = logging.getLogger(__name__)
+
 ProgressCallback = Callable[[int, int], None]
 StopCallback = Callable[[], bool]
+NoticeCallback = Callable[[str], None]
 
 #: Default output tile edge per device type: big enough to amortise the
 #: network's margin, small enough to keep CPU caches and GPU memory happy.
 DEFAULT_TILE = {"cuda": 512}
 DEFAULT_TILE_OTHER = 256
+
+
+def default_tile_size(device_type: str) -> int:
+    """The engine's tile edge for a device type, before rounding to a legal size."""
+    return DEFAULT_TILE.get(device_type, DEFAULT_TILE_OTHER)
+
+
+class TileGrid:
+    """Which output tile edges a network accepts, from its geometry alone.
+
+    Answers the widgets' and the CLI's questions (smallest tile, step, rounding)
+    without building a predictor or touching the model's weights or device.
+    """
+
+    def __init__(self, geometry: Any) -> None:
+        self.geometry = geometry
+        self.valid = geometry.padding == "valid"
+        self.divisor = int(geometry.divisor)
+
+    @property
+    def out_min(self) -> int:
+        """Smallest output edge the network can produce."""
+        if not self.valid:
+            return self.divisor
+        return int(self.geometry.output_size(self.geometry.min_input_size))
+
+    def at_least(self, n: int) -> int:
+        """Smallest legal output tile edge >= ``n`` (and >= the grid step)."""
+        lo, d = self.out_min, self.divisor
+        k = max(0, math.ceil((max(n, d) - lo) / d))
+        return lo + k * d
+
+    @property
+    def min_tile(self) -> int:
+        """Smallest usable output tile.
+
+        Valid-net tile origins sit on the ``divisor`` grid, so a tile must be at
+        least one grid step long or neighbouring tiles would leave gaps.
+        """
+        return self.at_least(self.divisor)
+
+    def round(self, tile: int) -> int:
+        """The legal tile edge nearest ``tile``; ValueError below the smallest."""
+        lo, d, smallest = self.out_min, self.divisor, self.min_tile
+        if tile < smallest:
+            raise ValueError(
+                f"tile_size {tile} is too small for this depth-{self.geometry.depth} "
+                f"{self.geometry.padding}-padding U-Net: legal output tile sizes are "
+                f"{smallest}, {smallest + d}, {smallest + 2 * d}, ... "
+                f"({lo} + k * {d}, at least {smallest})"
+            )
+        k = int(math.floor((tile - lo) / d + 0.5))
+        return max(smallest, lo + k * d)
+
+    def smaller(self, tile: int) -> int | None:
+        """A legal tile of about half the area of ``tile`` (None at the smallest)."""
+        if tile <= self.min_tile:
+            return None
+        return max(self.min_tile, self.round(max(self.min_tile, int(tile / math.sqrt(2)))))
 
 #: The 8 symmetries of the square as (quarter turns, mirror) pairs.
 _DIHEDRAL = [(k, flip) for k in range(4) for flip in (False, True)]
@@ -87,8 +150,15 @@ class TilePredictor:
             :meth:`iter_stack`.
         should_stop: polled before each batch; returning True raises
             :class:`~napari_unet.errors.Cancelled`.
+        notice: called with a sentence when the predictor had to change a
+            setting (a smaller batch or tile after running out of memory).
 
-    The model is switched to eval mode and moved to the device once, here.
+    The model is switched to eval mode and moved to the device once, here
+    (pass a copy to keep a shared model where it is).
+
+    Out of device memory, a batch is retried with half the tiles, down to one
+    tile, and then the slice with smaller tiles; the smaller sizes are kept
+    for the next slices. For a valid-padding network the result is unchanged.
     """
 
     def __init__(
@@ -104,6 +174,7 @@ class TilePredictor:
         blend: str = "gaussian",
         progress: ProgressCallback | None = None,
         should_stop: StopCallback | None = None,
+        notice: NoticeCallback | None = None,
     ) -> None:
         config = getattr(model, "config", None)
         geometry = getattr(model, "geometry", None)
@@ -140,10 +211,14 @@ class TilePredictor:
         self.blend = blend
         self.progress = progress
         self.should_stop = should_stop
+        self.notice = notice
+        #: What the predictor changed on its own (e.g. after running out of memory).
+        self.notices: list[str] = []
+        self.grid = TileGrid(geometry)
 
         if tile_size is None:
-            tile_size = DEFAULT_TILE.get(self.device.type, DEFAULT_TILE_OTHER)
-        self.tile_size: int = self._round_tile(int(tile_size))
+            tile_size = default_tile_size(self.device.type)
+        self.tile_size: int = self.grid.round(int(tile_size))
 
         if isinstance(model, nn.Module):
             model.eval()
@@ -154,38 +229,12 @@ class TilePredictor:
 
     # ------------------------------------------------------------------ sizes
     @property
-    def _out_min(self) -> int:
-        """Smallest output edge the network can produce."""
-        if not self.valid:
-            return self.divisor
-        return int(self.geometry.output_size(self.geometry.min_input_size))
-
-    @property
     def min_tile_size(self) -> int:
-        """Smallest usable output tile.
-
-        Valid-net tile origins sit on the ``divisor`` grid, so a tile must be at
-        least one grid step long or neighbouring tiles would leave gaps.
-        """
-        return self._legal_at_least(self.divisor)
+        """Smallest usable output tile (see :class:`TileGrid`)."""
+        return self.grid.min_tile
 
     def _legal_at_least(self, n: int) -> int:
-        """Smallest legal output tile edge >= ``n`` (and >= the grid step)."""
-        lo, d = self._out_min, self.divisor
-        k = max(0, math.ceil((max(n, d) - lo) / d))
-        return lo + k * d
-
-    def _round_tile(self, tile: int) -> int:
-        lo, d, smallest = self._out_min, self.divisor, self.min_tile_size
-        if tile < smallest:
-            raise ValueError(
-                f"tile_size {tile} is too small for this depth-{self.geometry.depth} "
-                f"{self.geometry.padding}-padding U-Net: legal output tile sizes are "
-                f"{smallest}, {smallest + d}, {smallest + 2 * d}, ... "
-                f"({lo} + k * {d}, at least {smallest})"
-            )
-        k = int(math.floor((tile - lo) / d + 0.5))
-        return max(smallest, lo + k * d)
+        return self.grid.at_least(n)
 
     def _plan_axis(self, length: int) -> _AxisPlan:
         t = self.tile_size
@@ -278,7 +327,54 @@ class TilePredictor:
             )
         return probs.cpu().numpy()
 
+    def _tell(self, text: str) -> None:
+        self.notices.append(text)
+        logger.warning(text)
+        if self.notice is not None:
+            self.notice(text)
+
+    def _run_batch_fitting(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`_run_batch`, halving the tiles per pass while the device is out of memory."""
+        while True:
+            try:
+                if len(batch) <= self.batch_size:
+                    return self._run_batch(batch)
+                step = self.batch_size
+                return np.concatenate(
+                    [self._run_batch(batch[i : i + step]) for i in range(0, len(batch), step)]
+                )
+            except Exception as exc:
+                if not is_out_of_memory(exc) or self.batch_size == 1:
+                    raise
+                release_memory(self.device)
+                self.batch_size = max(1, self.batch_size // 2)
+                self._tell(
+                    f"Out of {self.device.type} memory: predicting {self.batch_size} tile(s) "
+                    "at a time from now on."
+                )
+
     def _predict_slice(self, image: np.ndarray, done: int, total: int) -> np.ndarray:
+        """:meth:`_predict_tiles`, with smaller tiles while one tile does not fit in memory."""
+        while True:
+            try:
+                return self._predict_tiles(image, done, total)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                release_memory(self.device)
+                smaller = self.grid.smaller(self.tile_size)
+                if smaller is None:
+                    raise MemoryError(
+                        f"out of {self.device.type} memory even with one {self.tile_size} px tile "
+                        "at a time; use the CPU or a smaller model"
+                    ) from exc
+                self._tell(
+                    f"Out of {self.device.type} memory: tiles of {smaller} px instead of "
+                    f"{self.tile_size} px from now on."
+                )
+                self.tile_size = smaller
+
+    def _predict_tiles(self, image: np.ndarray, done: int, total: int) -> np.ndarray:
         """One validated float32 slice; ``done``/``total`` place it in the caller's progress."""
         Y, X = image.shape
         py, px = self._plan_axis(Y), self._plan_axis(X)
@@ -305,7 +401,7 @@ class TilePredictor:
                 chunk = origins[first : first + self.batch_size]
                 for i, (y, x) in enumerate(chunk):
                     batch[i, 0] = padded[y : y + ih, x : x + iw]
-                probs = self._run_batch(batch[: len(chunk)])
+                probs = self._run_batch_fitting(batch[: len(chunk)])
                 for p, (y, x) in zip(probs, chunk):
                     if self.valid:
                         h, w = min(ty, Y - y), min(tx, X - x)

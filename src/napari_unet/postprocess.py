@@ -17,8 +17,9 @@ from skimage.measure import label as connected_components
 from skimage.morphology import h_maxima
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
+from .prediction_settings import INSTANCE_METHODS
+
 InstanceMethod = Literal["components", "watershed", "fill"]
-INSTANCE_METHODS = ("components", "watershed", "fill")
 
 
 def semantic_labels(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:

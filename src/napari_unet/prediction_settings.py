@@ -1,0 +1,124 @@
+"""One typed, self-validating description of how to predict.
+
+The Python API (``predict``), the CLI, the Segment and Batch panels, batch
+files and the cluster all build a :class:`PredictionSettings` (or the
+:class:`~napari_unet.batch.BatchOptions` that extends it with what to write)
+and hand it on, so that a new prediction option is added here, once, and is
+validated once, at the edge, with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+#: How objects are separated in a foreground mask (see ``postprocess.instance_labels``):
+#: the one list the engine, CLI, panels and docs offer.
+INSTANCE_METHODS = ("components", "watershed", "fill")
+#: Instance methods that draw object borders along the foreground probability.
+PROBABILITY_GUIDED = ("watershed", "fill")
+#: Device names a user can give (``"cuda:1"`` style indices are accepted too).
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def whole_number(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``; 2.5, "abc" and True are errors, not truncated."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)  # 256.0 from a spin box or a JSON file is fine
+        else:
+            raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """How to predict a stack, and which results to compute.
+
+    Attributes:
+        tile_size: output tile edge in pixels, rounded to a size the network
+            accepts; None picks the device's default (512 on CUDA, 256 else).
+        batch_size: tiles per forward pass (lowered automatically when the
+            device runs out of memory).
+        tta: average the softmax over the 8 flips/rotations (8x slower).
+        device: ``"auto"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"cpu"``.
+        amp: mixed precision on CUDA (bf16 where native, else fp16).
+        probabilities: keep the class probabilities.
+        instances: label individual objects too.
+        instance_method: one of :data:`INSTANCE_METHODS`.
+        min_size: drop objects smaller than this many pixels (per slice).
+        threshold: foreground probability threshold for 2-class models
+            (None: the most probable class).
+    """
+
+    tile_size: int | None = None
+    batch_size: int = 4
+    tta: bool = False
+    device: str = "auto"
+    amp: bool = True
+    probabilities: bool = True
+    instances: bool = False
+    instance_method: str = "components"
+    min_size: int = 0
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__  # frozen: normalise once, here
+        if self.tile_size is not None:
+            set_(self, "tile_size", whole_number(self.tile_size, "tile_size"))
+        set_(self, "batch_size", whole_number(self.batch_size, "batch_size"))
+        set_(self, "min_size", whole_number(self.min_size, "min_size", minimum=0))
+        for flag in ("tta", "amp", "probabilities", "instances"):
+            value = getattr(self, flag)
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{flag} must be True or False, got {value!r}")
+            set_(self, flag, bool(value))
+        if self.instance_method not in INSTANCE_METHODS:
+            raise ValueError(
+                f"instance_method must be one of {INSTANCE_METHODS}, got {self.instance_method!r}"
+            )
+        if not isinstance(self.device, str) or (
+            self.device.strip().lower().split(":")[0] not in DEVICE_CHOICES
+        ):
+            raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
+        if self.threshold is not None:
+            try:
+                threshold = float(self.threshold)
+            except (TypeError, ValueError):
+                threshold = float("nan")
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
+            set_(self, "threshold", threshold)
+
+    @property
+    def needs_foreground(self) -> bool:
+        """Whether the instance step reads the foreground probability."""
+        return self.instances and self.instance_method in PROBABILITY_GUIDED
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(cls, settings: PredictionSettings | None = None, **options: Any) -> PredictionSettings:
+        """``settings`` (or the defaults) with some options replaced; unknown names are errors."""
+        known = set(cls.names())
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(
+                f"unknown prediction option(s) {unknown}; known: {sorted(known)}"
+            )
+        base = settings if settings is not None else cls()
+        if not isinstance(base, PredictionSettings):
+            raise TypeError(f"settings must be PredictionSettings, got {type(base).__name__}")
+        values = {name: getattr(base, name) for name in known}
+        values.update(options)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
