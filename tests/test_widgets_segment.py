@@ -247,6 +247,6 @@ def test_instance_method_choice_reaches_the_job(make_napari_viewer):
     widget.output.value = "instances"
     assert not widget.instance_method.native.isHidden()
     widget.instance_method.value = "fill"
-    assert widget.build_request().instance_method == "fill"
+    assert widget.build_request().settings.instance_method == "fill"
     widget.output.value = "semantic"
-    assert widget.build_request().instance_method == "components"
+    assert widget.build_request().settings.instance_method == "components"

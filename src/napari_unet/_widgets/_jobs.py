@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from ..checkpoint import TrainedModel
     from ..config import UNetConfig
     from ..inference import Prediction, PredictProgress
+    from ..prediction_settings import PredictionSettings
     from ..training import Trainer, TrainEvent, TrainingConfig
 
 logger = logging.getLogger(__name__)
@@ -277,43 +278,33 @@ def train_job(
 # --------------------------------------------------------------------------- segmentation
 @dataclass
 class SegmentRequest:
+    """A Segment panel run: the shared model (never moved), the image, and how to predict."""
+
     model: TrainedModel
     image: Any
     slices: list[int] | None
-    tile_size: int | None
-    batch_size: int
-    tta: bool
-    device: str
-    instances: bool
-    min_size: int
-    probabilities: bool
-    instance_method: str = "components"
+    settings: PredictionSettings
 
 
 def segment_job(
     request: SegmentRequest, cancel: threading.Event
 ) -> Generator[PredictProgress, None, SegmentOutcome | JobFailed]:
-    """Predict slice by slice, yielding progress; cancel stops between tiles."""
-    from .. import devices
+    """Predict slice by slice, yielding progress; cancel stops between tiles.
+
+    On a GPU the engine predicts with its own copy of the weights and frees it
+    at the end, so the shared model stays where it is (on the CPU).
+    """
     from ..errors import Cancelled
     from ..inference import predict_steps
 
     started = time.perf_counter()
     errors = user_error_types()
-    model = request.model
     try:
         prediction = yield from predict_steps(
-            model,
+            request.model,
             request.image,
             slices=request.slices,
-            tile_size=request.tile_size,
-            batch_size=request.batch_size,
-            tta=request.tta,
-            device=request.device,
-            probabilities=request.probabilities,
-            instances=request.instances,
-            instance_method=request.instance_method,  # type: ignore[arg-type]
-            min_size=request.min_size,
+            settings=request.settings,
             should_stop=cancel.is_set,
         )
     except Cancelled:
@@ -321,11 +312,4 @@ def segment_job(
     except errors as exc:
         logger.info("segmentation failed: %s", exc)
         return JobFailed(describe_error(exc))
-    finally:
-        # the shared model goes back to the CPU so no GPU memory stays held after the run
-        model.model.to("cpu")
-        try:
-            devices.release_memory(devices.resolve_device(request.device))
-        except ValueError:
-            pass
     return SegmentOutcome(prediction, request.slices, time.perf_counter() - started)

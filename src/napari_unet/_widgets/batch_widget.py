@@ -33,6 +33,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from ._choices import INSTANCE_METHOD_CHOICES, INSTANCE_METHOD_LABEL, INSTANCE_METHOD_TOOLTIP
 from ._common import (
     CheckpointCache,
     JobWidget,
@@ -81,10 +82,12 @@ class BatchOutcome:
 def batch_job(
     request: BatchRequest, cancel: threading.Event
 ) -> Generator[BatchProgress, None, Union[BatchOutcome, JobFailed]]:
-    """Run :func:`napari_unet.batch.batch_segment_steps` (worker thread), yielding its progress."""
-    from .. import devices
+    """Run :func:`napari_unet.batch.batch_segment_steps` (worker thread), yielding its progress.
+
+    The engine predicts with its own device copy of the shared model and frees
+    it when the batch ends; the shared model never moves.
+    """
     from ..batch import batch_segment_steps
-    from ..checkpoint import TrainedModel
     from ..errors import Cancelled
 
     started = time.perf_counter()
@@ -99,14 +102,6 @@ def batch_job(
     except errors as exc:
         logger.info("batch failed: %s", exc)
         return JobFailed(describe_error(exc))
-    finally:
-        if isinstance(request.model, TrainedModel):
-            # the shared model goes back to the CPU: no GPU memory stays held after the run
-            request.model.model.to("cpu")
-        try:
-            devices.release_memory(devices.resolve_device(request.options.device))
-        except ValueError:
-            pass
     return BatchOutcome(results, elapsed_s=time.perf_counter() - started)
 
 
@@ -152,9 +147,8 @@ class BatchWidget(JobWidget):
         self.tta = CheckBox(text="test-time augmentation (8x slower)", value=False, label="")
         self.instances = CheckBox(text="write instances (one id per object)", value=False, label="")
         self.instance_method = ComboBox(
-            label="instance method", choices=["components", "watershed", "fill"], visible=False,
-            tooltip="components: connected regions; watershed: also split touching objects; "
-            "fill: grow objects over the boundaries until they touch (membrane-stained cells)",
+            label=INSTANCE_METHOD_LABEL, choices=INSTANCE_METHOD_CHOICES, value="components",
+            visible=False, tooltip=INSTANCE_METHOD_TOOLTIP,
         )
         self.min_size = SpinBox(
             label="min object size (px)", min=0, max=100_000_000, value=0, visible=False

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, Label, SpinBox
 
+from ._choices import INSTANCE_METHOD_CHOICES, INSTANCE_METHOD_LABEL, INSTANCE_METHOD_TOOLTIP
 from ._common import (
     CheckpointCache,
     JobWidget,
@@ -130,17 +131,11 @@ class SegmentWidget(JobWidget):
             ],
         )
         self.instance_method = ComboBox(
-            label="objects",
-            choices=[
-                ("separate regions", "components"),
-                ("split touching objects", "watershed"),
-                ("fill boundaries (cells tile the image)", "fill"),
-            ],
+            label=INSTANCE_METHOD_LABEL,
+            choices=INSTANCE_METHOD_CHOICES,
             value="components",
             visible=False,
-            tooltip="separate regions: each connected region is one object. split touching "
-            "objects: a watershed also cuts objects joined by a narrow neck. fill boundaries: "
-            "objects grow over the boundary pixels until they touch (membrane-stained EM).",
+            tooltip=INSTANCE_METHOD_TOOLTIP,
         )
         self.min_size = SpinBox(
             label="min object size (px)",
@@ -241,7 +236,7 @@ class SegmentWidget(JobWidget):
     def _set_tile_default(self, model: TrainedModel) -> None:
         """Legal tile sizes for this model, and the engine's default for the device."""
         from .. import devices
-        from ..overlap_tile import DEFAULT_TILE, DEFAULT_TILE_OTHER, TilePredictor
+        from ..overlap_tile import TileGrid, default_tile_size
 
         try:
             device_type = devices.resolve_device(self.device.value).type
@@ -251,13 +246,11 @@ class SegmentWidget(JobWidget):
         if key == self._tile_key:
             return
         self._tile_key = key
-        # rounding only: the predictor is built on the CPU, where the model already is
-        predictor = TilePredictor(
-            model.model, tile_size=DEFAULT_TILE.get(device_type, DEFAULT_TILE_OTHER), device="cpu"
-        )
-        self.tile_size.min = predictor.min_tile_size
-        self.tile_size.step = predictor.divisor
-        self.tile_size.value = predictor.tile_size
+        # arithmetic on the model's geometry only: the shared model is not touched
+        grid = TileGrid(model.model.geometry)
+        self.tile_size.min = grid.min_tile
+        self.tile_size.step = grid.divisor
+        self.tile_size.value = grid.round(default_tile_size(device_type))
 
     # -- validation -----------------------------------------------------------------
     def find_problem(self) -> str | None:
@@ -282,13 +275,12 @@ class SegmentWidget(JobWidget):
         return [current_slice(self.viewer, image)]
 
     def build_request(self) -> SegmentRequest:
+        from ..prediction_settings import PredictionSettings
+
         model = self.selected_model()
         assert not isinstance(model, str)  # validated before Start
         instances = self.output.value == "instances"
-        return SegmentRequest(
-            model=model,
-            image=level0(self.image.value),
-            slices=self._slices(),
+        settings = PredictionSettings(
             tile_size=int(self.tile_size.value),
             batch_size=int(self.batch_size.value),
             tta=bool(self.tta.value),
@@ -298,6 +290,7 @@ class SegmentWidget(JobWidget):
             probabilities=bool(self.probabilities.value),
             instance_method=self.instance_method.value if instances else "components",
         )
+        return SegmentRequest(model, level0(self.image.value), self._slices(), settings)
 
     def start_job(self) -> None:
         request = self.build_request()
