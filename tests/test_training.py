@@ -137,12 +137,19 @@ def test_foreground_dice():
     assert foreground_dice(np.array([[1, 1, 0, 1]]), t, 2) == pytest.approx(0.5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_training_releases_memory(em_stack, em_labels):
+    import gc
+
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()
     model = train(em_stack.image, em_labels, QUICK, model=preset("small"), device="cuda")
-    assert torch.cuda.memory_allocated() <= before + 1024
+    # loosely: torch keeps cuBLAS workspaces allocated on purpose (cleared here when it can);
+    # the model and its optimizer state must not stay behind
+    gc.collect()
+    getattr(torch._C, "_cuda_clearCublasWorkspaces", lambda: None)()
+    assert torch.cuda.memory_allocated() <= before + 4 * 2**20
     assert next(model.model.parameters()).device.type == "cpu"
 
 
@@ -177,3 +184,34 @@ def test_by_default_the_run_returns_its_last_validated_weights(em_stack, em_labe
     assert events[-2].best_metric == pytest.approx(0.9)  # the best seen, for the plot
     with pytest.raises(ValueError, match="keep"):
         TrainingConfig(keep="first")  # type: ignore[arg-type]
+
+
+def test_the_recipe_survives_save_and_load(tmp_path, em_stack, em_labels):
+    from napari_unet.augment import AugmentConfig
+    from napari_unet.normalization import Normalization
+
+    cfg = replace(
+        QUICK, iterations=3, warmup=2, schedule="constant", keep="best", seed=4,
+        augment=AugmentConfig(elastic=False, rot90=False, contrast=(0.9, 1.1), p_intensity=0.5),
+        normalization=Normalization(p_low=0.5, p_high=99.5), annotation=AnnotationSettings(w0=5.0),
+    )
+    trained = train(em_stack.image, em_labels, replace(cfg, device="cpu", amp=False), model=preset("tiny"))
+    assert trained.training_config() == cfg  # typed, before saving too; hardware settings left out
+    back = load_checkpoint(trained.save(tmp_path / "m.pt"))
+    assert back.training_config() == cfg
+    assert back.training["settings"]["augment"]["contrast"] == [0.9, 1.1]  # plain values on disk
+    assert TrainingConfig.from_dict(cfg.to_dict()) == cfg
+    assert "device" not in cfg.to_dict(recipe=True) and cfg.to_dict()["device"] == "auto"
+
+
+def test_training_config_from_dict_is_strict():
+    with pytest.raises(ValueError, match="unknown training settings"):
+        TrainingConfig.from_dict({"iteratons": 5})
+    with pytest.raises(ValueError, match="augment"):
+        TrainingConfig.from_dict({"augment": {"elastic_grid": 1}})
+    with pytest.raises(ValueError, match="annotation"):
+        TrainingConfig.from_dict({"annotation": {"brush": 3}})
+    for bad in ({"learning_rate": "fast"}, {"warmup": -1}, {"val_every": 0}, {"seed": 1.5},
+                {"weight_decay": float("nan")}, {"augment": [1]}, {"normalization": "percentile"}):
+        with pytest.raises(ValueError):
+            TrainingConfig.from_dict(bad)

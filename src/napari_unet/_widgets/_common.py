@@ -113,18 +113,20 @@ class CheckpointCache:
 
     def load(self, path: Path) -> TrainedModel | str:
         from ..checkpoint import load_checkpoint
-        from ..errors import CheckpointError
 
         if not path.is_file():
             return f"Checkpoint file '{path}' does not exist."
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError as exc:  # removed or unreadable since is_file()
+            return f"Cannot use this checkpoint: {exc.strerror or type(exc).__name__}"
         key = (str(path), stat.st_mtime_ns, stat.st_size)
         if key == self._key:
             return self._value
         try:
             loaded: TrainedModel | str = load_checkpoint(path)
-        except CheckpointError as exc:
-            loaded = f"Cannot use this checkpoint: {exc}"
+        except Exception as exc:  # CheckpointError, but also e.g. MemoryError: never a silent pop-up
+            loaded = f"Cannot use this checkpoint: {str(exc).strip() or type(exc).__name__}"
         if not isinstance(loaded, str) and loaded.config.in_channels != 1:
             loaded = (
                 f"Checkpoint '{path.name}' expects {loaded.config.in_channels} input channels; "
