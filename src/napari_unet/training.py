@@ -10,13 +10,14 @@ each event into a progress bar and plot point. Cancelling is cooperative
 from __future__ import annotations
 
 import gc
+import logging
 import math
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -40,7 +41,22 @@ from .model import UNet
 from .normalization import Normalization
 from .sampling import PatchSampler
 
+logger = logging.getLogger(__name__)
+
 LossName = Literal["weighted_ce", "ce", "dice", "dice_ce"]
+
+#: TrainingConfig fields that say where and how fast a run goes, not what it learns: they
+#: are left out of the recipe a checkpoint stores, so that a model trained on a GPU
+#: resumes on a laptop with that machine's own settings.
+HARDWARE_FIELDS = ("device", "amp", "prefetch")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -83,8 +99,29 @@ class TrainingConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        # the type checks below matter for configs rebuilt from a checkpoint (from_dict),
+        # which could otherwise carry a string or a list into the training loop
+        for name in ("learning_rate", "weight_decay", "foreground_fraction", "val_fraction",
+                     "selection_tolerance"):
+            v = getattr(self, name)
+            if not _is_number(v) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not _is_int(self.warmup) or self.warmup < 0:
+            raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if self.val_every is not None and (not _is_int(self.val_every) or self.val_every < 1):
+            raise ValueError(f"val_every must be a positive integer or None, got {self.val_every!r}")
+        if not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.annotation, AnnotationSettings):
+            raise ValueError(f"annotation must be AnnotationSettings, got {type(self.annotation).__name__}")
+        if not isinstance(self.normalization, Normalization):
+            raise ValueError(f"normalization must be Normalization, got {type(self.normalization).__name__}")
+        if self.augment is not None and not isinstance(self.augment, AugmentConfig):
+            raise ValueError(f"augment must be AugmentConfig or None, got {type(self.augment).__name__}")
         if not 0.0 <= self.val_fraction < 0.9:
             raise ValueError(f"val_fraction must be in [0, 0.9), got {self.val_fraction}")
         if self.keep not in ("last", "best"):
@@ -99,10 +136,59 @@ class TrainingConfig:
         if self.device not in devices.DEVICE_CHOICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be one of {devices.DEVICE_CHOICES}, got {self.device!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+    def to_dict(self, *, recipe: bool = False) -> dict[str, Any]:
+        """Plain values (nested settings as dicts) that :meth:`from_dict` turns back into this.
+
+        ``recipe=True`` leaves out :data:`HARDWARE_FIELDS`: what a checkpoint stores.
+        """
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["annotation"] = asdict(self.annotation)
+        d["normalization"] = self.normalization.to_dict()
         d["augment"] = None if self.augment is None else self.augment.to_dict()
+        if recipe:
+            for name in HARDWARE_FIELDS:
+                del d[name]
         return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainingConfig:
+        """Inverse of :meth:`to_dict`; missing keys take their defaults, unknown keys are an
+        error (a typo must not silently train with a default)."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"training settings must be a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown training settings {sorted(map(str, unknown))}; known: {sorted(known)}")
+        values = dict(data)
+        nested: dict[str, Callable[[Mapping[str, Any]], Any]] = {
+            "annotation": _annotation_from_dict,
+            "normalization": _normalization_from_dict,
+            "augment": AugmentConfig.from_dict,
+        }
+        for name, build in nested.items():
+            if isinstance(values.get(name), Mapping):
+                try:
+                    values[name] = build(values[name])
+                except (TypeError, ValueError) as exc:
+                    raise ValueError(f"invalid {name} settings: {exc}") from None
+        return cls(**values)
+
+
+def _annotation_from_dict(data: Mapping[str, Any]) -> AnnotationSettings:
+    known = {f.name for f in fields(AnnotationSettings)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(map(str, unknown))}; known: {sorted(known)}")
+    return AnnotationSettings(**data)
+
+
+def _normalization_from_dict(data: Mapping[str, Any]) -> Normalization:
+    known = {f.name for f in fields(Normalization)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown keys {sorted(map(str, unknown))}; known: {sorted(known)}")
+    return Normalization.from_dict(dict(data))
 
 
 @dataclass(frozen=True)
@@ -120,6 +206,7 @@ class TrainEvent:
     is_best: bool = False
     done: bool = False
     cancelled: bool = False
+    notice: str | None = None  # a setting the trainer changed on its own (out of memory)
 
     @property
     def eta_s(self) -> float:
@@ -279,6 +366,10 @@ class Trainer:
         self.result: TrainedModel | None = None
         self.history: list[TrainEvent] = []
         self._cancel = threading.Event()
+        #: Patches per forward pass; lowered when the device runs out of memory.
+        self.micro_batch = self.config.batch_size
+        #: What the trainer changed on its own, for the user.
+        self.notices: list[str] = []
 
     # -- public controls -------------------------------------------------
     def cancel(self) -> None:
@@ -363,6 +454,54 @@ class Trainer:
         valid = [s for s in scores if not math.isnan(s)]
         return float(np.mean(valid)) if valid else float("nan")
 
+    def _step(
+        self,
+        model: UNet,
+        batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        opt: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+        loss_fn: Callable[..., torch.Tensor],
+    ) -> tuple[float, str | None]:
+        """One optimiser step; returns ``(loss, notice)``.
+
+        Out of device memory, the batch is pushed through in smaller pieces whose
+        gradients add up to the batch's (a smaller batch per forward pass, the
+        same step), halving until it fits; the notice says so. The smaller size
+        is kept for the rest of the run.
+        """
+        x, t, w = batch
+        notice = None
+        while True:
+            n, step = x.shape[0], min(self.micro_batch, x.shape[0])
+            try:
+                opt.zero_grad(set_to_none=True)
+                total = 0.0
+                for i in range(0, n, step):
+                    with devices.autocast(self.device, self.config.amp):
+                        logits = model(x[i : i + step])
+                    loss = loss_fn(logits, t[i : i + step], w[i : i + step])
+                    if step < n:  # the pieces' mean losses, weighted to the batch's mean
+                        loss = loss * (min(step, n - i) / n)
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                    total += float(loss.detach())
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                return total, notice
+            except Exception as exc:
+                if not devices.is_out_of_memory(exc) or step == 1:
+                    raise
+                opt.zero_grad(set_to_none=True)
+                devices.release_memory(self.device)
+                self.micro_batch = max(1, step // 2)
+                notice = (
+                    f"Out of {self.device.type} memory: training on {self.micro_batch} patch(es) "
+                    f"per pass (the batch of {n} is split; the step is the same)."
+                )
+                logger.warning(notice)
+
     def _producer(self, sampler: PatchSampler, q: queue.Queue, stop: threading.Event, n: int) -> None:
         """Prepare batches in a background thread (numpy/scipy release the GIL)."""
         pin = self.device.type == "cuda"
@@ -395,7 +534,7 @@ class Trainer:
         if self._optimizer_state is not None:
             opt.load_state_dict(self._optimizer_state)
         amp_dtype = devices.autocast_dtype(dev) if cfg.amp else None
-        scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        scaler = devices.grad_scaler(dev, amp_dtype)
         loss_fn = get_loss(cfg.loss)
         torch.manual_seed(cfg.seed + self.start_iteration)
 
@@ -440,18 +579,7 @@ class Trainer:
                 lr = cfg.learning_rate * self._lr_factor(it)
                 for group in opt.param_groups:
                     group["lr"] = lr
-                with devices.autocast(dev, cfg.amp):
-                    logits = model(x)
-                loss = loss_fn(logits, t, w)
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                loss_value = float(loss.detach())
+                loss_value, notice = self._step(model, (x, t, w), opt, scaler, loss_fn)
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(
                         f"training diverged at iteration {it + 1} (loss {loss_value}); lower the "
@@ -470,7 +598,10 @@ class Trainer:
                 if (it + 1) % self.val_every == 0 or it + 1 == cfg.iterations:
                     val = self._validate()
                     is_best = consider(val, it + 1, opt)
+                if notice is not None:
+                    self.notices.append(notice)
                 last = TrainEvent(
+                    notice=notice,
                     iteration=it + 1,
                     total=cfg.iterations,
                     loss=loss_value,
@@ -530,9 +661,8 @@ class Trainer:
         final.load_state_dict(state)
         final.eval()
         self.model.load_state_dict(state)
-        settings = self.config.to_dict()
-        settings.pop("annotation")
-        settings.pop("normalization")
+        # the whole recipe, typed back by TrainedModel.training_config() (--resume uses it)
+        settings = self.config.to_dict(recipe=True)
         self.result = TrainedModel(
             model=final,
             normalization=self.normalization,

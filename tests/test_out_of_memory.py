@@ -1,0 +1,36 @@
+"""Training that runs out of device memory goes on with smaller passes and says so."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from napari_unet.config import preset
+from napari_unet.synthetic import partial_annotation, synthetic_em_stack
+from napari_unet.training import Trainer, TrainingConfig
+
+
+def test_training_splits_the_batch_when_out_of_memory():
+    stack = synthetic_em_stack((3, 80, 80), seed=4)
+    labels = partial_annotation(stack.instances, [0, 2])
+    config = TrainingConfig(iterations=4, batch_size=4, patch_size=24, device="cpu", val_every=2)
+    trainer = Trainer(stack.image, labels, config, model=preset("tiny"))
+    forward = trainer.model.forward
+    sizes: list[int] = []
+
+    def small_device(x: torch.Tensor) -> torch.Tensor:
+        if trainer.model.training and x.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+        sizes.append(int(x.shape[0]))
+        return forward(x)
+
+    trainer.model.forward = small_device  # type: ignore[method-assign]
+    events = list(trainer)
+    assert events[-1].done and trainer.result is not None
+    assert trainer.micro_batch == 1
+    notices = [e.notice for e in events if e.notice]
+    # 4 -> 2 -> 1 within the first step: one notice, with the size that fits
+    assert len(notices) == 1 and "1 patch(es) per pass" in notices[0]
+    assert events[0].notice == notices[0]
+    assert trainer.notices == notices
+    assert np.isfinite([e.loss for e in events if not e.done]).all()
