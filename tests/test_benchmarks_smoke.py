@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -89,8 +92,95 @@ def test_monai_comparison_quick(tmp_path: Path) -> None:
     result = mod.main(["--quick", "--out", str(out)])
     assert json.loads(out.read_text())["speedup"] == pytest.approx(result["speedup"])
     assert result["agreement"]["ours_vs_exact_max"] < 1e-4  # overlap-tile is exact
-    assert result["ours"]["mpx_s"] > 0 and result["monai"]["mpx_s"] > 0
+    assert result["agreement"]["monai_same_vs_exact_max"] < 1e-4  # so is MONAI on the grid
+    same = result["same_output"]
+    assert same["verified"] and same["max_abs_diff"] <= same["tolerance"] == 1e-4
+    for name in ("ours", "monai_same", "monai_defaults"):
+        assert result[name]["mpx_s"] > 0
+    assert 0.0 <= result["defaults"]["argmax_agreement"] <= 1.0
     assert result["gflop_per_output_px"] > 0
+    table = mod.summary_table(result)
+    assert "same output (verified" in table and "MONAI defaults (different output" in table
+
+
+def test_monai_comparison_exits_when_output_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("monai")
+    mod = _load("bench_vs_monai")
+    # an off-grid set-up in the same-output slot must stop the script before it claims anything
+    monkeypatch.setitem(mod.RUNNERS, "monai_same", mod.run_monai_defaults)
+    with pytest.raises(SystemExit) as exc:
+        mod.main(["--quick"])
+    assert exc.value.code == 1
+
+
+def test_monai_same_output_plan_is_on_the_pooling_grid() -> None:
+    pytest.importorskip("monai")
+    import napari_unet
+    from napari_unet.model import UNet
+
+    mod = _load("bench_vs_monai")
+    model = UNet(napari_unet.preset("default"))
+    for shape, tile in (((768, 1024), 388), ((768, 1024), 516), ((512, 512), 260), ((100, 700), 516)):
+        plan = mod.same_output_plan(model, shape, tile)
+        assert plan["stride"] % 16 == 0 and plan["stride"] <= plan["tile"]
+        mod.check_plan_on_grid(model, shape, plan)  # raises when a window is off the grid
+
+
+def test_eval_fewslice_dev_split(tmp_path: Path) -> None:
+    mod = _load()
+    assert mod.scored_slices("dev", [5, 15], 20, 30) == [z for z in range(20) if z not in (5, 15)]
+    assert mod.scored_slices("eval", [5, 15], 20, 30) == list(range(20, 30))
+    with pytest.raises(ValueError):
+        mod.scored_slices("dev", list(range(20)), 20, 30)  # k=20 leaves no development slice
+    report = mod.main(["--quick", "--k", "2", "--method", "rf", "--split", "dev"])
+    assert report["split"] == "dev"
+    (row,) = report["results"]
+    assert row["split"] == "dev" and row["dev_slices"] == [0, 2] and row["slices"] == [1, 3]
+
+
+def test_bench_training_quick() -> None:
+    mod = _load("bench_training")
+    r = mod.measure("tiny", 32, 2, 3, 1, "cpu", (4, 64, 64))
+    assert r["iterations_s"] > 0 and r["output_size"] == 32 and r["timed_iterations"] == 2
+
+
+def test_gpu_check_parses_pytest_summary() -> None:
+    mod = _load("gpu_check")
+    c = mod.parse_pytest("..s\n2 passed, 1 skipped, 400 deselected in 9.10s\n")
+    assert (c["passed"], c["failed"], c["skipped"], c["deselected"]) == (2, 0, 1, 400)
+    c = mod.parse_pytest("FAILED tests/x.py::t - boom\n1 failed, 1 error in 1s\n")
+    assert (c["failed"], c["errors"]) == (1, 1)
+
+
+def _run_gpu_check(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the CPU path, also on a GPU machine
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_check.py"), *args],
+        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path,
+    )
+
+
+def test_gpu_check_without_cuda_exits_2(tmp_path: Path) -> None:
+    proc = _run_gpu_check(tmp_path, "--out", str(tmp_path / "g.json"))
+    assert proc.returncode == 2 and "--allow-cpu" in proc.stderr
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_gpu_check_allow_cpu_quick(tmp_path: Path) -> None:
+    pytest.importorskip("monai")
+    out = tmp_path / "g.json"
+    proc = _run_gpu_check(tmp_path, "--allow-cpu", "--quick", "--out", str(out), "--budget-s", "150",
+                          "--data", str(tmp_path / "no-data"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {r["row"]: r for r in report["rows"]}
+    assert set(rows) == set("abcde")
+    assert all(r["status"] == "ok" for r in rows.values()), report["table"]
+    assert "synthetic" in rows["b"]["result"] and "synthetic" in rows["e"]["result"]
+    assert rows["e"]["details"]["dev_slices"] == [0, 2]
+    # one markdown table at the end, and no machine paths in what was written
+    assert proc.stdout.rstrip().endswith(report["table"])
+    assert str(tmp_path) not in out.read_text() and str(BENCHMARKS.parent) not in out.read_text()
 
 
 def test_train_pretrained_quick(tmp_path: Path) -> None:
