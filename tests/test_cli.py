@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -237,3 +238,64 @@ def test_ctrl_c_stops_training_and_keeps_the_model_so_far(tmp_path, training_dat
     trained = load_checkpoint(model)
     assert 0 < trained.training["iterations_run"] < 400
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def _bad_checkpoints(folder: Path) -> list[Path]:
+    """Files an outside tester fed the CLI: each must be one clean error line."""
+    import torch
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "text.pt").write_text("this is a text file\nrenamed to .pt\n")
+    (folder / "hello.pt").write_bytes(b"hello")
+    good = torch.load(save_tiny_model(folder / "good.pt"), weights_only=True)
+    broken = {
+        "no_weights.pt": {k: v for k, v in good.items() if k != "state_dict"},
+        "weights_list.pt": {**good, "state_dict": [1, 2, 3]},
+        "training_list.pt": {**good, "training": [1]},
+        "huge.pt": {**good, "model_config": {**good["model_config"], "depth": 6, "base_channels": 4096}},
+    }
+    for name, payload in broken.items():
+        torch.save(payload, folder / name)
+    return [folder / n for n in ("text.pt", "hello.pt", *broken)]
+
+
+def test_bad_checkpoints_are_one_error_line(tmp_path, capsys, training_data):
+    image, labels = training_data
+    for bad in _bad_checkpoints(tmp_path / "bad"):
+        for argv in (["segment", "-m", bad, image, "-o", tmp_path / "out"],
+                     ["train", image, labels, "-o", tmp_path / "m.pt", "--from", bad],
+                     ["train", image, labels, "-o", tmp_path / "m.pt", "--from", bad, "--resume"]):
+            code, out, err = run(capsys, *argv)
+            lines = err.strip().splitlines()
+            assert code == 1, (argv, err)
+            assert len(lines) == 1 and lines[0].startswith("napari-unet: error: "), err
+            assert bad.name in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_resume_keeps_the_whole_recipe(tmp_path, capsys, training_data):
+    from napari_unet import train
+    from napari_unet.augment import AugmentConfig
+    from napari_unet.config import preset
+    from napari_unet.normalization import Normalization
+    from napari_unet.training import TrainingConfig
+
+    image, labels = training_data
+    recipe = TrainingConfig(
+        iterations=6, patch_size=24, batch_size=2, warmup=2, schedule="constant", val_every=3,
+        augment=AugmentConfig(elastic=False, gamma=(0.9, 1.1), p_intensity=0.4),
+        normalization=Normalization(p_low=2.0, p_high=98.0),
+    )
+    first = train(read_tiff(image).data, read_tiff(labels).data, replace(recipe, iterations=3),
+                  model=preset("tiny"))
+    first.save(tmp_path / "first.pt")
+    code, out, err = run(capsys, "train", image, labels, "-o", tmp_path / "resumed.pt", "--from",
+                         tmp_path / "first.pt", "--resume", "--iterations", "6")
+    assert code == 0 and "resuming" in out, err
+    assert load_checkpoint(tmp_path / "resumed.pt").training_config() == recipe  # augment included
+    # explicit flags still win over the saved recipe
+    code, out, err = run(capsys, "train", image, labels, "-o", tmp_path / "again.pt", "--from",
+                         tmp_path / "first.pt", "--resume", "--iterations", "5", "--lr", "2e-4")
+    assert code == 0, err
+    again = load_checkpoint(tmp_path / "again.pt").training_config()
+    assert again == replace(recipe, iterations=5, learning_rate=2e-4)

@@ -381,3 +381,55 @@ def test_class_balancing_is_an_advanced_choice_that_reaches_training(make_napari
     assert not widget.class_balance.native.isHidden()
     widget.class_balance.value = True
     assert widget.build_request().config.annotation.balance is True
+
+
+def test_save_model_never_loses_the_model(make_napari_viewer, tmp_path, monkeypatch):
+    """A bad path or a full disk: a clear message, the model kept (in memory or a rescue file)."""
+    from pathlib import Path
+
+    import torch
+    from batch_helpers import tiny_model
+
+    from napari_unet.checkpoint import load_checkpoint
+
+    viewer = make_napari_viewer()
+    widget = open_train(viewer)
+    model = tiny_model()
+    widget._keep_model(model, "a test model")
+    assert widget.save.enabled
+
+    # a file where a folder should be: said before writing anything
+    (tmp_path / "notadir").write_text("x")
+    widget.save_path.value = tmp_path / "notadir" / "model.pt"
+    click(widget.save)
+    assert widget.status_level == "error" and "is a file, not a folder" in widget.status.value
+    assert "kept in memory" in widget.status.value
+    assert widget.trained is model and widget.save.enabled
+
+    # the disk fills up during the write: the model goes to a rescue file, no temporary is left
+    full, here = tmp_path / "full", tmp_path / "here"
+    full.mkdir()
+    here.mkdir()
+    monkeypatch.chdir(here)
+    real_save = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if Path(f).parent == full:
+            Path(f).write_bytes(b"PK\x03\x04" + bytes(2048))
+            raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 25856 vs 25752")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    widget.save_path.value = full / "model.pt"
+    written = widget.save_model()
+    assert written is not None and written.parent == here and written.name.startswith("napari-unet-rescued-")
+    assert widget.status_level == "warn" and str(written) in widget.status.value
+    assert "disk may be full" in widget.status.value
+    assert load_checkpoint(written).config == model.config
+    assert list(full.iterdir()) == []
+    assert widget.trained is model
+
+    # a good path still works afterwards
+    widget.save_path.value = tmp_path / "ok.pt"
+    assert widget.save_model() == tmp_path / "ok.pt"
+    assert widget.status_level == "ok"

@@ -63,28 +63,107 @@ def _bar(**kwargs: Any) -> Any:
 def _ctrl_c(on_first: Callable[[], None]) -> Iterator[dict[str, int]]:
     """First Ctrl-C calls ``on_first`` (a cooperative stop); the second aborts.
 
-    Signal handlers can only be installed from the main thread; elsewhere
-    (e.g. when ``main`` runs in a worker thread) Ctrl-C keeps its default.
+    The abort is a ``KeyboardInterrupt`` raised wherever the main thread is,
+    except inside :func:`_shielded` cleanup (there it is raised when the
+    cleanup ends): raised inside a finaliser, e.g. a generator's ``finally``
+    run by the garbage collector, Python would print it and drop it. Signal
+    handlers can only be installed from the main thread; elsewhere (e.g. when
+    ``main`` runs in a worker thread) Ctrl-C keeps its default.
     """
-    state = {"count": 0}
+    state = {"count": 0, "shield": 0, "raised": 0}
     if threading.current_thread() is not threading.main_thread():
         yield state
         return
     previous = signal.getsignal(signal.SIGINT)
+    wakeup = _PressCounter()
 
     def handler(signum: int, frame: Any) -> None:
-        state["count"] += 1
-        if state["count"] == 1:
+        first = state["count"] == 0
+        state["count"] += max(1, wakeup.presses())
+        if first:
             on_first()
-        else:
-            signal.signal(signal.SIGINT, previous)
-            raise KeyboardInterrupt
+        if state["count"] >= 2 and not state["shield"]:
+            _abort(state)
 
     signal.signal(signal.SIGINT, handler)
     try:
         yield state
     finally:
+        state["shield"] += 1  # first: a press now must not cut the restoring short
         signal.signal(signal.SIGINT, previous)
+        wakeup.close()
+        if state["count"] >= 2 and not state["raised"]:  # pressed while shielded
+            _abort(state)
+
+
+class _PressCounter:
+    """Counts SIGINTs as delivered, through :func:`signal.set_wakeup_fd`.
+
+    Python runs a handler once for all the signals that arrived while the
+    main thread was inside one C call (a torch forward pass can take
+    seconds), so two quick Ctrl-Cs would look like one; the C-level handler
+    writes a byte per signal to the wakeup fd, which this reads. Inactive
+    (``presses()`` is 0) when the fd is taken, e.g. by an event loop.
+    """
+
+    def __init__(self) -> None:
+        import socket
+
+        self._sockets: tuple[Any, Any] | None = None
+        try:
+            reader, writer = socket.socketpair()
+            reader.setblocking(False)
+            writer.setblocking(False)
+        except OSError:
+            return
+        try:
+            old = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            old = None
+        if old != -1:  # not ours to take (or failed): put it back
+            if old is not None:
+                signal.set_wakeup_fd(old)
+            reader.close()
+            writer.close()
+            return
+        self._sockets = reader, writer
+
+    def presses(self) -> int:
+        """SIGINTs delivered since the last call."""
+        if self._sockets is None:
+            return 0
+        n = 0
+        with contextlib.suppress(OSError):  # BlockingIOError: nothing more to read
+            while True:
+                data = self._sockets[0].recv(512)
+                if not data:
+                    break
+                n += data.count(bytes([signal.SIGINT]))
+        return n
+
+    def close(self) -> None:
+        if self._sockets is not None:
+            signal.set_wakeup_fd(-1)
+            for sock in self._sockets:
+                sock.close()
+            self._sockets = None
+
+
+def _abort(state: dict[str, int]) -> None:
+    state["raised"] = 1
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _shielded(state: dict[str, int]) -> Iterator[None]:
+    """Cleanup that a second Ctrl-C must not interrupt half-way; the abort follows it."""
+    state["shield"] += 1
+    try:
+        yield
+    finally:
+        state["shield"] -= 1
+    if state["count"] >= 2 and not state["raised"] and not state["shield"]:
+        _abort(state)
 
 
 # ---------------------------------------------------------------------------
@@ -94,6 +173,14 @@ def _ctrl_c(on_first: Callable[[], None]) -> Iterator[dict[str, int]]:
 def cmd_train(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
+    from ._saving import (
+        DestinationError,
+        DestinationExists,
+        ModelNotSaved,
+        check_destination,
+        checkpoint_bytes,
+        save_with_fallback,
+    )
     from .annotations import AnnotationSettings
     from .batch import resolve_model_path
     from .checkpoint import load_checkpoint
@@ -103,8 +190,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import Trainer, TrainingConfig
 
     out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise CLIError(f"{out} exists; pass --overwrite to replace it")
+    try:  # now, not after minutes of training
+        check_destination(out, overwrite=args.overwrite)
+    except DestinationExists:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it") from None
+    except DestinationError as exc:
+        raise CLIError(str(exc)) from None
     if args.preset and args.from_:
         raise CLIError("--preset picks an architecture to train from scratch; it cannot be combined with --from")
     if args.resume and not args.from_:
@@ -127,10 +218,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     base: dict[str, Any] = {}
     if args.resume and init is not None:
-        # continue the run with its own settings unless told otherwise
-        known = {f.name for f in fields(TrainingConfig)} - {"annotation", "augment", "normalization", "device"}
-        saved = dict(init.training.get("settings", {}))
-        base = {k: v for k, v in saved.items() if k in known}
+        # continue the run with its whole recipe (augmentation and normalisation included)
+        # unless told otherwise; the annotation flags and --device below always apply
+        from .training import HARDWARE_FIELDS
+
+        recipe = init.training_config()
+        if recipe is not None:
+            skip = {"annotation", *HARDWARE_FIELDS}
+            base = {f.name: getattr(recipe, f.name) for f in fields(TrainingConfig) if f.name not in skip}
     chosen = {
         "iterations": args.iterations,
         "batch_size": args.batch_size,
@@ -155,6 +250,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot read the labels {args.labels}: {exc}") from None
         trainer = Trainer(reader, labels, config, model=model_cfg, init=init, resume=args.resume)
         info = trainer.summary()
+        try:  # the model's size is known now: is there room for it?
+            check_destination(out, overwrite=True, need_bytes=checkpoint_bytes(info["parameters"]))
+        except DestinationError as exc:
+            raise CLIError(str(exc)) from None
         print(
             f"Training {source}: {info['parameters']:,} parameters on {info['device']}, "
             f"annotated slices {info['annotated_slices']}, validation on {info['validation']}, "
@@ -164,20 +263,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         reader.close()
     trained, final = result
-    trained.save(out)
+    try:  # a failing write puts the model elsewhere rather than losing it
+        saved = save_with_fallback(trained, out)
+    except ModelNotSaved as exc:
+        raise CLIError(str(exc)) from None
     best = trained.training.get("best_val_dice")
     best_text = "n/a" if best is None else f"{best:.3f}"
     if final.cancelled:
         print(
             f"Stopped at iteration {final.iteration} of {final.total} (Ctrl-C); saved the model "
             f"so far (iteration {trained.training.get('iteration')}, validation Dice {best_text}) "
-            f"to {out}."
+            f"to {saved.path}."
         )
     else:
         print(
             f"Trained {final.iteration} iterations in {_fmt_seconds(final.elapsed_s)}; best validation "
-            f"Dice {best_text} at iteration {trained.training.get('iteration')}; saved {out}."
+            f"Dice {best_text} at iteration {trained.training.get('iteration')}; saved {saved.path}."
         )
+    if saved.rescued:
+        _err(
+            f"{PROG}: error: could not save the model to {out}: {saved.reason}. The trained model "
+            f"was saved to {saved.path} instead; move it where you want it."
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -194,26 +302,33 @@ def _run_training(trainer: Any) -> tuple[Any, Any]:
         _err("\nStopping after this iteration and keeping the model (Ctrl-C again to abort).")
 
     final = None
-    with _ctrl_c(stop), bar:
-        for event in trainer:
-            if event.done:
-                final = event
-                break
-            if event.val_metric is not None:
-                last_val = event.val_metric
-            post = {"loss": f"{event.loss:.4f}"}
-            if last_val is not None:
-                post["val_dice"] = f"{last_val:.3f}"
-            if event.best_metric is not None:
-                post["best"] = f"{event.best_metric:.3f}"
-            bar.set_postfix(post, refresh=False)
-            bar.update(event.iteration - bar.n)
-            if plain and (event.iteration % every == 0 or event.iteration == total):
-                _err(
-                    f"iteration {event.iteration}/{total}  loss {event.loss:.4f}  "
-                    + (f"val Dice {last_val:.3f}  " if last_val is not None else "")
-                    + f"ETA {_fmt_seconds(event.eta_s)}"
-                )
+    with _ctrl_c(stop) as presses, bar:
+        events = iter(trainer)
+        try:
+            for event in events:
+                if event.done:
+                    final = event
+                    break
+                if event.val_metric is not None:
+                    last_val = event.val_metric
+                post = {"loss": f"{event.loss:.4f}"}
+                if last_val is not None:
+                    post["val_dice"] = f"{last_val:.3f}"
+                if event.best_metric is not None:
+                    post["best"] = f"{event.best_metric:.3f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(event.iteration - bar.n)
+                if plain and (event.iteration % every == 0 or event.iteration == total):
+                    _err(
+                        f"iteration {event.iteration}/{total}  loss {event.loss:.4f}  "
+                        + (f"val Dice {last_val:.3f}  " if last_val is not None else "")
+                        + f"ETA {_fmt_seconds(event.eta_s)}"
+                    )
+        finally:
+            # close the trainer here, not whenever the garbage collector gets to it: its
+            # cleanup stops the batch thread, and a second Ctrl-C during it must abort
+            with _shielded(presses):
+                events.close()
     assert trainer.result is not None and final is not None
     return trainer.result, final
 
@@ -550,7 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file ('default' = the built-in model)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--instances", action="store_true", help="also write object (instance) labels")
-    p.add_argument("--instance-method", choices=("components", "watershed", "fill"), default="components",
+    from .prediction_settings import INSTANCE_METHODS
+
+    p.add_argument("--instance-method", choices=INSTANCE_METHODS, default="components",
                    help="how objects are separated (default: components); 'fill' grows them over the "
                         "boundaries until they touch, for membrane-stained cells that tile the image")
     p.add_argument("--min-size", type=int, default=0, metavar="PX",
