@@ -27,6 +27,7 @@ _EXPORTS = {
     "TrainEvent": "training",
     "train": "training",
     "TilePredictor": "overlap_tile",
+    "PredictionSettings": "prediction_settings",
     "predict": "inference",
     "predict_steps": "inference",
     "Prediction": "inference",
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .model import Geometry, UNet
     from .normalization import Normalization
     from .overlap_tile import TilePredictor
+    from .prediction_settings import PredictionSettings
     from .synthetic import synthetic_em_stack
     from .training import Trainer, TrainEvent, TrainingConfig, train
     from .weightmap import boundary_weight_map

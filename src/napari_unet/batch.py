@@ -47,8 +47,11 @@ from typing import Any, Callable, Generator, Sequence
 import numpy as np
 
 from . import __version__
-from ._validation import as_stack, check_finite, check_positive_int
+from ._atomic import remove_stale_temps, temp_beside
+from ._validation import as_stack
+from .devices import is_out_of_memory, release_memory
 from .errors import Cancelled
+from .prediction_settings import INSTANCE_METHODS, PredictionSettings
 from .tiff_io import TIFF_SUFFIXES, TiffPageWriter, TiffSlices, write_tiff_pages
 
 logger = logging.getLogger(__name__)
@@ -64,48 +67,39 @@ _SUFFIX = {
     PROVENANCE: "_provenance.json",
 }
 PROBABILITY_DTYPES = ("uint8", "float16")
-INSTANCE_METHODS = ("components", "watershed")
+__all__ = ["INSTANCE_METHODS", "BatchOptions", "FileResult", "BatchProgress", "batch_segment"]
 _UINT16_MAX = int(np.iinfo(np.uint16).max)
-_UINT32_MAX = int(np.iinfo(np.uint32).max)
 
 
 @dataclass(frozen=True)
-class BatchOptions:
-    """What to write and how to predict; the same for every file of a batch.
+class BatchOptions(PredictionSettings):
+    """How to predict (every :class:`PredictionSettings` field) and what to write.
 
-    ``min_size`` and ``instance_method`` apply to instances only
-    (see :func:`napari_unet.postprocess.instance_labels`); ``tile_size``,
-    ``batch_size``, ``tta`` and ``device`` to prediction
-    (see :class:`napari_unet.overlap_tile.TilePredictor`).
+    The prediction fields mean what they mean everywhere; here
+    ``probabilities`` (default False) asks for a ``_probabilities.tif`` and
+    ``instances`` for an ``_instances.tif``. Batch-only: ``probability_dtype``
+    and ``overwrite``.
     """
 
-    instances: bool = False
     probabilities: bool = False
     probability_dtype: str = "uint8"  # or "float16"
-    tile_size: int | None = None
-    batch_size: int = 4
-    tta: bool = False
-    device: str = "auto"
     overwrite: bool = False
-    min_size: int = 0
-    instance_method: str = "components"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.probability_dtype not in PROBABILITY_DTYPES:
             raise ValueError(
                 f"probability_dtype must be one of {PROBABILITY_DTYPES}, got {self.probability_dtype!r}"
             )
-        if self.instance_method not in INSTANCE_METHODS:
-            raise ValueError(
-                f"instance_method must be one of {INSTANCE_METHODS}, got {self.instance_method!r}"
-            )
-        check_positive_int(self.batch_size, "batch_size")
-        check_positive_int(self.min_size, "min_size", minimum=0)
-        if self.tile_size is not None:
-            check_positive_int(self.tile_size, "tile_size")
+        if not isinstance(self.overwrite, (bool, np.bool_)):
+            raise ValueError(f"overwrite must be True or False, got {self.overwrite!r}")
+        object.__setattr__(self, "overwrite", bool(self.overwrite))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def prediction(self) -> PredictionSettings:
+        """Just the prediction part: what the engine needs."""
+        return PredictionSettings.build(
+            **{name: getattr(self, name) for name in PredictionSettings.names()}
+        )
 
 
 @dataclass
@@ -197,7 +191,7 @@ def output_paths(input: Path, outdir: Path, options: BatchOptions) -> dict[str, 
     return {k: Path(outdir) / f"{stem}{_SUFFIX[k]}" for k in kinds}
 
 
-def _conflicts(paths: list[Path], outdir: Path, options: BatchOptions) -> dict[Path, FileResult]:
+def find_conflicts(paths: list[Path], outdir: Path, options: BatchOptions) -> dict[Path, FileResult]:
     """Inputs that must not run: outputs of another input, or sharing output names with one."""
     owner: dict[Path, Path] = {}
     produced: dict[Path, Path] = {}
@@ -290,21 +284,27 @@ def _model_record(trained: Any, identity: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class _Engine:
-    """A model on its device plus its identity: built once per batch (or worker)."""
+class BatchEngine:
+    """A model on its device plus its identity: built once per batch (or per worker task).
+
+    ``close`` (or ``with``) hands the device copy of the weights back.
+    """
 
     def __init__(self, trained: Any, identity: dict[str, Any], options: BatchOptions) -> None:
-        from .overlap_tile import TilePredictor
+        from .stack_prediction import PredictionEngine
 
         self.trained = trained
         self.identity = identity
-        self.predictor = TilePredictor(
-            trained.model,
-            tile_size=options.tile_size,
-            batch_size=options.batch_size,
-            tta=options.tta,
-            device=options.device,
-        )
+        self.engine = PredictionEngine(trained, options.prediction())
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------
@@ -327,7 +327,7 @@ def _reason(exc: BaseException) -> str:
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically, like the TIFFs (a half-written JSON would mark a file as done)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    tmp = temp_beside(path)
     try:
         tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
         os.replace(tmp, path)
@@ -347,19 +347,24 @@ def _narrow_to_uint16(tmp: Path, shape: tuple[int, ...], spacing: Any, unit: Any
     return target
 
 
-def _segment_file(
-    engine: _Engine,
+def segment_with_engine(
+    engine: BatchEngine,
     path: Path,
     outdir: Path,
     options: BatchOptions,
     should_stop: StopCallback | None,
 ) -> Generator[tuple[int, int], None, FileResult]:
-    from .normalization import Normalization
-    from .postprocess import instance_labels, semantic_labels
+    """Segment one file with a ready engine: yields ``(slices_done, total)``, returns the result.
+
+    The per-file half of :func:`batch_segment_steps` and of the cluster's tasks.
+    """
+    from .stack_prediction import StackPrediction
 
     t0 = time.perf_counter()
     path = Path(path)
     targets = output_paths(path, outdir, options)
+    for target in targets.values():  # what a killed earlier run left beside its outputs
+        remove_stale_temps(target)
     present = [k for k, p in targets.items() if p.exists()]
     if not options.overwrite and len(present) == len(targets):
         return FileResult(path, "skipped", [targets[k] for k in targets], "outputs exist")
@@ -382,13 +387,17 @@ def _segment_file(
             raise Cancelled("batch cancelled")
 
         trained = engine.trained
-        predictor = engine.predictor
+        predictor = engine.engine.predictor
         predictor.should_stop = should_stop
         predictor.progress = None
         stack = reader if reader.ndim == 3 else reader.slice(0)[None]
-        t_stats = time.perf_counter()
-        low, high = trained.normalization.statistics(stack)
-        t_stats = time.perf_counter() - t_stats
+        # compute only what this file still needs (kept outputs are not redone)
+        settings = dataclasses.replace(
+            engine.engine.settings,
+            instances=INSTANCES in wanted,
+            probabilities=PROBABILITIES in wanted,
+        )
+        walk = StackPrediction(engine.engine, stack, should_stop=should_stop, settings=settings)
 
         meta = {"spacing": reader.spacing, "unit": reader.unit, "overwrite": True}
         if LABELS in wanted:
@@ -401,45 +410,20 @@ def _segment_file(
                 targets[PROBABILITIES], shape, np.dtype(options.probability_dtype), **meta
             )
 
-        next_id = 0
-        t_predict = 0.0
-        # watershed and fill draw boundaries along the foreground probability
-        uses_p = options.instance_method in ("watershed", "fill")
-        for z in range(depth):
-            if should_stop is not None and should_stop():
-                raise Cancelled("batch cancelled")
-            raw = reader.slice(z)
-            check_finite(raw, "image", f" (slice {z})")
-            t1 = time.perf_counter()
-            probs = predictor.predict_slice(Normalization.apply(raw, low, high))
-            t_predict += time.perf_counter() - t1
-            semantic = semantic_labels(probs)
-            foreground_p = None
-            if PROBABILITIES in writers or (INSTANCES in writers and uses_p):
-                foreground_p = 1.0 - probs[0]
+        for result in walk:
             if LABELS in writers:
-                writers[LABELS].write(semantic)
+                writers[LABELS].write(result.semantic)
             if INSTANCES in writers:
-                ids = instance_labels(
-                    semantic > 0,
-                    method=options.instance_method,  # type: ignore[arg-type]
-                    min_size=options.min_size,
-                    probabilities=foreground_p if uses_p else None,
-                )
-                n = int(ids.max()) if ids.size else 0
-                if next_id + n > _UINT32_MAX:
-                    raise ValueError(f"more than {_UINT32_MAX} objects; cannot store them as uint32")
-                if n:
-                    ids[ids > 0] += np.uint32(next_id)
-                    next_id += n
-                writers[INSTANCES].write(ids)
+                writers[INSTANCES].write(result.instances)
             if PROBABILITIES in writers:
+                foreground_p = result.foreground
                 if options.probability_dtype == "uint8":
                     page = np.rint(np.clip(foreground_p, 0.0, 1.0) * 255.0).astype(np.uint8)
                 else:
                     page = foreground_p.astype(np.float16)
                 writers[PROBABILITIES].write(page)
-            del probs, semantic, foreground_p
+            z = result.z
+            del result
             yield z + 1, depth
 
         # everything computed: finish the temporary files, then rename them all
@@ -450,7 +434,7 @@ def _segment_file(
             temps.append(tmp)  # ours to rename or delete from here on
             del writers[kind]
             dtypes[kind] = str(writer.dtype)
-            if kind == INSTANCES and next_id <= _UINT16_MAX:
+            if kind == INSTANCES and walk.n_objects <= _UINT16_MAX:
                 tmp = _narrow_to_uint16(tmp, shape, reader.spacing, reader.unit)
                 temps.append(tmp)
                 dtypes[kind] = "uint16"
@@ -479,17 +463,18 @@ def _segment_file(
                 **options.to_dict(),
                 "tile_size_used": predictor.tile_size,
                 "device_used": str(predictor.device),
-                "normalization_low_high": [low, high],
+                "normalization_low_high": [walk.low, walk.high],
+                "engine_notices": list(predictor.notices),
             },
             "outputs": {k: {"file": targets[k].name, "dtype": dtypes[k]} for k in finals},
             "kept_existing": [p.name for p in kept],
             "instances": None
             if INSTANCES not in finals
-            else {"labelling": "2D per slice, ids unique across the stack", "count": next_id},
+            else {"labelling": "2D per slice, ids unique across the stack", "count": walk.n_objects},
             "timings": {
                 "seconds": round(seconds, 3),
-                "statistics_seconds": round(t_stats, 3),
-                "network_seconds": round(t_predict, 3),
+                "statistics_seconds": round(walk.statistics_seconds, 3),
+                "network_seconds": round(walk.network_seconds, 3),
                 "megapixels_per_second": round(pixels / 1e6 / max(seconds, 1e-9), 3),
             },
             "environment": _environment(),
@@ -501,6 +486,8 @@ def _segment_file(
         raise
     except Exception as exc:  # one bad file must not stop the batch: report it and go on
         logger.debug("segmenting %s failed", path, exc_info=True)
+        if is_out_of_memory(exc) or isinstance(exc, MemoryError):
+            release_memory(engine.engine.device)  # the next file starts with a clean device
         return FileResult(path, "failed", committed, _reason(exc), time.perf_counter() - t0)
     finally:
         for writer in writers.values():
@@ -538,8 +525,8 @@ def segment_file_steps(
     trained, identity = load_model(model)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    engine = _Engine(trained, identity, options)
-    return (yield from _segment_file(engine, Path(path), outdir, options, should_stop))
+    with BatchEngine(trained, identity, options) as engine:
+        return (yield from segment_with_engine(engine, Path(path), outdir, options, should_stop))
 
 
 # ---------------------------------------------------------------------------
@@ -565,18 +552,29 @@ def batch_segment_steps(
     if not os.access(outdir, os.W_OK):
         raise ValueError(f"output folder {outdir} is not writable")
     trained, identity = load_model(model)
-    engine = _Engine(trained, identity, options)
-    conflicts = _conflicts(paths, outdir, options)
+    conflicts = find_conflicts(paths, outdir, options)
+    with BatchEngine(trained, identity, options) as engine:
+        return (yield from _run_files(engine, paths, outdir, options, conflicts, should_stop))
+
+
+def _run_files(
+    engine: BatchEngine,
+    paths: list[Path],
+    outdir: Path,
+    options: BatchOptions,
+    conflicts: dict[Path, FileResult],
+    should_stop: StopCallback | None,
+) -> Generator[BatchProgress, None, list[FileResult]]:
     results: list[FileResult] = []
     n = len(paths)
-    logger.info("segmenting %d file(s) into %s on %s", n, outdir, engine.predictor.device)
+    logger.info("segmenting %d file(s) into %s on %s", n, outdir, engine.engine.device)
     for i, path in enumerate(paths):
         if should_stop is not None and should_stop():
             raise _cancelled(results, n)
         result = conflicts.get(path)
         total = 0
         if result is None:
-            steps = _segment_file(engine, path, outdir, options, should_stop)
+            steps = segment_with_engine(engine, path, outdir, options, should_stop)
             try:
                 while True:
                     done, total = next(steps)

@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .batch import (
+    BatchEngine,
     BatchOptions,
     BatchProgress,
     FileResult,
-    _conflicts,
-    _Engine,
-    _segment_file,
     expand_inputs,
     file_sha256,
+    find_conflicts,
     resolve_model_path,
+    segment_with_engine,
 )
 from .errors import Cancelled
 
@@ -97,12 +97,12 @@ def _segment_task(
     path = Path(input_path)
     try:
         trained = _worker_model(model_path, sha256)
-        # a predictor per task: it is cheap (the model stays on its device) and
-        # keeps tasks in a multi-threaded worker from sharing per-file state
-        engine = _Engine(trained, {"path": model_path, "sha256": sha256}, options)
+        # an engine per task (on a GPU, its own copy of the weights: a few MB):
+        # tasks in a multi-threaded worker share no per-file state or device
+        engine = BatchEngine(trained, {"path": model_path, "sha256": sha256}, options)
     except Exception as exc:  # reported per file, like any other failure
         return FileResult(path, "failed", reason=f"worker could not load the model: {exc}")
-    steps = _segment_file(engine, path, Path(outdir), options, _stop_checker(stop_event))
+    steps = segment_with_engine(engine, path, Path(outdir), options, _stop_checker(stop_event))
     try:
         while True:
             next(steps)
@@ -110,6 +110,8 @@ def _segment_task(
         return stop.value
     except Cancelled:
         return FileResult(path, "failed", reason="cancelled")
+    finally:
+        engine.close()
 
 
 def connect(scheduler: Any) -> tuple[Any, bool]:
@@ -208,7 +210,7 @@ def _run(
         if callback is not None:
             callback(BatchProgress(index[path], n, path, 1, 1, result))
 
-    for path, result in _conflicts(paths, outdir, options).items():
+    for path, result in find_conflicts(paths, outdir, options).items():
         report(path, result)
 
     run_id = uuid.uuid4().hex[:8]

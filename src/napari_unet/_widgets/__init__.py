@@ -1,4 +1,4 @@
-"""napari dock widgets of napari-unet (Train, Segment).
+"""napari dock widgets of napari-unet (Train, Segment, Batch).
 
 Nothing is imported here: napari imports a widget module only when the user
 opens that widget, and the widget modules import torch and the engine lazily,
@@ -13,6 +13,8 @@ Layout of this sub-package:
 - ``_state``: the last trained model, shared by the Train and Segment widgets
   of one viewer.
 - ``_plot``: the live loss / validation plot (matplotlib in a Qt canvas).
-- ``_common``: the base class both widgets share (status line, device
+- ``_common``: the base class the panels share (status line, device
   choices, running a job with a Start/Cancel button).
+- ``_choices``: the words the panels show for engine options (one place).
+- ``train_widget``, ``segment_widget``, ``batch_widget``: the three panels.
 """
