@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     import napari_unet
     from napari_unet.annotations import AnnotationSettings
+    from napari_unet.config import FINETUNE_LEARNING_RATE
     from napari_unet.pretrained import default_checkpoint
     from napari_unet.training import Trainer, TrainingConfig
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         image, fg = load_dataset("lucchi", args.data)
         n_train, k = N_TRAIN, args.k
         init, model = napari_unet.load_checkpoint(default_checkpoint()), None
-        extra = {"learning_rate": 3e-4}
+        extra = {"learning_rate": FINETUNE_LEARNING_RATE}
     zs = choose_slices(k, n_train)
     labels = painted_labels(fg, zs, n_train)
     rows = []

@@ -157,6 +157,7 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
     (``train_s``: training time so far, evaluations excluded).
     """
     import napari_unet
+    from napari_unet.config import FINETUNE_LEARNING_RATE
     from napari_unet.training import Trainer, TrainingConfig
 
     labels = painted_labels(fg, zs, n_train)
@@ -165,7 +166,7 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
         from napari_unet.batch import resolve_model_path
 
         init = napari_unet.load_checkpoint(resolve_model_path(args.init))
-        extra = {"learning_rate": 3e-4, **extra}  # the engine's fine-tuning rate
+        extra = {"learning_rate": FINETUNE_LEARNING_RATE, **extra}
     if args.no_balance:
         from napari_unet.annotations import AnnotationSettings
 

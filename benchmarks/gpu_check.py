@@ -156,9 +156,9 @@ def row_cuda_tests(ctx: Context) -> tuple[str, dict[str, Any]]:
 
 # --------------------------------------------------------------------- row b
 def row_monai(ctx: Context) -> tuple[str, dict[str, Any]]:
+    import bench_vs_monai as bench
     import torch
 
-    import bench_vs_monai as bench
     import napari_unet
     from napari_unet.model import UNet
 
@@ -280,10 +280,11 @@ def row_memory(ctx: Context) -> tuple[str, dict[str, Any]]:
 
 # --------------------------------------------------------------------- row e
 def row_finetune(ctx: Context) -> tuple[str, dict[str, Any]]:
+    import eval_fewslice as fs
     import numpy as np
 
-    import eval_fewslice as fs
     import napari_unet
+    from napari_unet.config import FINETUNE_LEARNING_RATE
     from napari_unet.pretrained import default_checkpoint
     from napari_unet.training import Trainer, TrainingConfig
 
@@ -308,7 +309,7 @@ def row_finetune(ctx: Context) -> tuple[str, dict[str, Any]]:
     extra: dict[str, Any] = dict(patch_size=32, batch_size=2, val_every=10**9) if ctx.toy else {}
     iterations = 3 if ctx.toy else ctx.args.finetune_iterations
     # the engine's fine-tuning rate, as eval_fewslice --init uses
-    config = TrainingConfig(iterations=iterations, learning_rate=3e-4, seed=0, device=ctx.device.type, **extra)
+    config = TrainingConfig(iterations=iterations, learning_rate=FINETUNE_LEARNING_RATE, seed=0, device=ctx.device.type, **extra)
     trainer = Trainer(image[:n_train], labels, config, init=napari_unet.load_checkpoint(ckpt))
     # leave time to predict and score 28 slices (about a minute on 16 cores)
     stop_at = time.monotonic() + max(10.0, ctx.remaining() - (15 if ctx.toy else 75))

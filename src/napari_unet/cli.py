@@ -235,7 +235,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     base.update({k: v for k, v in chosen.items() if v is not None})
     if "learning_rate" not in base and init is not None:
-        base["learning_rate"] = 3e-4  # fine-tuning: keep what the model knows
+        from .config import FINETUNE_LEARNING_RATE
+
+        base["learning_rate"] = FINETUNE_LEARNING_RATE  # fine-tuning: keep what the model knows
     annotation = AnnotationSettings(
         mode=args.mode, ignore_id=args.ignore_id, boundary_class=args.boundary_class,
         balance=BALANCE_OPTIONS[args.class_balance],
@@ -565,7 +567,11 @@ other id is one object. --mode scribbles (ilastik's convention): 0 =
 unlabelled, 1 = background, 2.. = classes; sparse strokes are enough.
 
 Ctrl-C stops training cleanly: the model so far is saved to -o and the
-exit code is 0. A second Ctrl-C aborts without saving.
+exit code is 0. A second Ctrl-C aborts without saving (exit code 130).
+-o is checked before training starts; if saving still fails at the end
+(disk full, permissions changed), the model is saved to
+napari-unet-rescued-<date>-<time>.pt in the current folder (else the temp
+folder), the message says where, and the exit code is 1.
 
 examples:
   napari-unet train stack.tif painted.tif -o model.pt

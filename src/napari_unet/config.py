@@ -88,6 +88,11 @@ class UNetConfig:
         return replace(self, n_classes=n_classes)
 
 
+#: Learning rate for fine-tuning a trained model: lower than training from scratch
+#: (1e-3) so that it keeps what it already knows. The CLI, the panels, the demo and
+#: the benchmarks all use this one.
+FINETUNE_LEARNING_RATE = 3e-4
+
 #: Model size presets offered in the widgets and the CLI.
 PRESETS: dict[str, UNetConfig] = {
     # for tests and instant demos: trains in seconds on a CPU

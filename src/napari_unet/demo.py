@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .config import FINETUNE_LEARNING_RATE
+
 logger = logging.getLogger(__name__)
 
 
@@ -42,7 +44,7 @@ class DemoRecipe:
     patch_size: int = 96
     batch_size: int = 4
     learning_rate: float = 3e-3
-    finetune_learning_rate: float = 3e-4
+    finetune_learning_rate: float = FINETUNE_LEARNING_RATE
     figure_slices: int = 3
     seed: int = 0
 

@@ -9,6 +9,7 @@ each event into a progress bar and plot point. Cancelling is cooperative
 
 from __future__ import annotations
 
+import copy
 import gc
 import logging
 import math
@@ -34,7 +35,7 @@ from .annotations import (
 )
 from .augment import AugmentConfig
 from .checkpoint import TrainedModel, load_checkpoint, transfer_weights
-from .config import UNetConfig
+from .config import FINETUNE_LEARNING_RATE, UNetConfig
 from .errors import CheckpointError
 from .losses import get_loss
 from .model import UNet
@@ -42,6 +43,7 @@ from .normalization import Normalization
 from .sampling import PatchSampler
 
 logger = logging.getLogger(__name__)
+__all__ = ["FINETUNE_LEARNING_RATE", "KeptWeights", "TrainEvent", "Trainer", "TrainingConfig", "train"]
 
 LossName = Literal["weighted_ce", "ce", "dice", "dice_ce"]
 
@@ -59,13 +61,24 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
 
 
+@dataclass
+class KeptWeights:
+    """The weights a run keeps (see ``TrainingConfig.keep``), copied to the CPU."""
+
+    state: dict[str, torch.Tensor]
+    optimizer: dict[str, Any] | None
+    iteration: int
+    metric: float | None  # their validation Dice
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """Everything that decides how a model is trained (stored in its checkpoint).
 
     Defaults: AdamW at 1e-3 with a short warm-up and a cosine decay trains the
     default network from scratch in a few hundred iterations; when fine-tuning
-    a checkpoint, a lower rate (3e-4) keeps what it already knows.
+    a checkpoint, a lower rate (:data:`FINETUNE_LEARNING_RATE`) keeps what it
+    already knows.
     """
 
     iterations: int = 500
@@ -364,6 +377,8 @@ class Trainer:
         self.split = _split(self.slices, cfg.val_fraction)
         self.val_every = cfg.val_every or max(10, cfg.iterations // 20)
         self.result: TrainedModel | None = None
+        #: The weights the run keeps so far (updated at each validation, see ``keep``).
+        self.kept: KeptWeights | None = None
         self.history: list[TrainEvent] = []
         self._cancel = threading.Event()
         #: Patches per forward pass; lowered when the device runs out of memory.
@@ -546,20 +561,16 @@ class Trainer:
         producer.start()
 
         best_metric: float | None = None  # the best validation Dice seen
-        kept_metric: float | None = None  # that of the weights kept (see selection_tolerance)
-        best_state: dict[str, torch.Tensor] | None = None
-        best_opt: dict[str, Any] | None = None
-        best_it = self.start_iteration
 
         def consider(val: float, iteration: int, optimizer: torch.optim.Optimizer) -> bool:
             """Keep the current weights if ``_keep`` says so; returns whether it did."""
-            nonlocal best_metric, kept_metric, best_state, best_opt, best_it
+            nonlocal best_metric
             if not self._keep(val, best_metric):
                 return False
             best_metric = val if best_metric is None or math.isnan(best_metric) else max(best_metric, val)
-            kept_metric = val
-            best_state, best_opt = _cpu_state(model.state_dict()), _cpu_state(optimizer.state_dict())
-            best_it = iteration
+            self.kept = KeptWeights(
+                _cpu_state(model.state_dict()), _cpu_state(optimizer.state_dict()), iteration, val
+            )
             return True
 
         t0 = time.perf_counter()
@@ -619,11 +630,10 @@ class Trainer:
             if cancelled and last is not None and last.val_metric is None:
                 # validate the current weights once more so nothing better is lost
                 consider(self._validate(), last.iteration, opt)
-            if best_state is None:  # cancelled before the first iteration
-                best_state = _cpu_state(model.state_dict())
-                best_opt = None
-                best_it = self.start_iteration
-            self._finish(best_state, best_opt, best_it, kept_metric, done_it)
+            if self.kept is None:  # cancelled before the first iteration
+                self.kept = KeptWeights(_cpu_state(model.state_dict()), None, self.start_iteration, None)
+            self.model.load_state_dict(self.kept.state)
+            self.result = self.kept_model(iterations_run=done_it)
             final = TrainEvent(
                 iteration=done_it,
                 total=cfg.iterations,
@@ -648,37 +658,64 @@ class Trainer:
             gc.collect()
             devices.release_memory(dev)
 
-    def _finish(
+    # -- what a run gives back ----------------------------------------------
+    def _wrap(
         self,
-        state: dict[str, torch.Tensor],
-        opt_state: dict[str, Any] | None,
-        best_it: int,
-        best_metric: float | None,
-        done_it: int,
-    ) -> None:
-        """Put the best weights into a fresh CPU model and record how it was made."""
-        final = UNet(self.model.config)
-        final.load_state_dict(state)
-        final.eval()
-        self.model.load_state_dict(state)
-        # the whole recipe, typed back by TrainedModel.training_config() (--resume uses it)
-        settings = self.config.to_dict(recipe=True)
-        self.result = TrainedModel(
-            model=final,
-            normalization=self.normalization,
+        net: UNet,
+        training: dict[str, Any],
+        optimizer_state: dict[str, Any] | None = None,
+        normalization: Normalization | None = None,
+    ) -> TrainedModel:
+        """The one place a network of this run becomes a :class:`TrainedModel`."""
+        net.eval()
+        return TrainedModel(
+            model=net,
+            normalization=self.normalization if normalization is None else normalization,
             annotation=self.config.annotation,
-            class_names=self.class_names,
-            training={
-                "settings": settings,
-                "iteration": int(best_it),
-                "iterations_run": int(done_it),
-                "best_val_dice": None if best_metric is None or math.isnan(best_metric) else float(best_metric),
-                "validation": "held-out" if self.split.held_out else "training pixels",
-                "annotated_slices": [int(s.z) for s in self.slices],
-                "device": str(self.device),
-            },
-            optimizer_state=opt_state,
+            class_names=list(self.class_names),
+            training=training,
+            optimizer_state=optimizer_state,
         )
+
+    def kept_model(
+        self, *, iterations_run: int | None = None, stopped_by_error: str | None = None
+    ) -> TrainedModel | None:
+        """A fresh CPU model with the kept weights and how they were made; None before any.
+
+        The trainer's result at the end of a run; after an error inside the loop
+        (say, out of memory at iteration 400) the panels call it to keep what was
+        learnt up to the last validation.
+        """
+        kept = self.kept
+        if kept is None:
+            return None
+        net = UNet(self.model.config)
+        net.load_state_dict(kept.state)
+        metric = kept.metric
+        training: dict[str, Any] = {
+            # the whole recipe, typed back by TrainedModel.training_config() (--resume uses it)
+            "settings": self.config.to_dict(recipe=True),
+            "iteration": int(kept.iteration),
+            "iterations_run": int(kept.iteration if iterations_run is None else iterations_run),
+            "best_val_dice": None if metric is None or math.isnan(metric) else float(metric),
+            "validation": "held-out" if self.split.held_out else "training pixels",
+            "annotated_slices": [int(s.z) for s in self.slices],
+            "device": str(self.device),
+        }
+        if stopped_by_error is not None:
+            training["stopped_by_error"] = stopped_by_error
+        return self._wrap(net, training, kept.optimizer)
+
+    def snapshot(self) -> TrainedModel:
+        """The weights as they are right now, frozen, for a live preview between iterations.
+
+        A copy on the training device (no transfer); percentile statistics are
+        fixed to the training stack's so a preview never rescans the stack.
+        """
+        norm = self.normalization
+        if norm.method == "percentile":
+            norm = replace(norm, method="fixed")
+        return self._wrap(copy.deepcopy(self.model), {}, normalization=norm)
 
 
 def _cpu_state(state: Any) -> Any:

@@ -14,11 +14,10 @@ worker's ``errored`` signal (napari shows it with its traceback).
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Generator, Union
 
@@ -29,7 +28,7 @@ if TYPE_CHECKING:
     from ..config import UNetConfig
     from ..inference import Prediction, PredictProgress
     from ..prediction_settings import PredictionSettings
-    from ..training import Trainer, TrainEvent, TrainingConfig
+    from ..training import TrainEvent, TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -119,68 +118,6 @@ def describe_error(exc: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- training
-class _BestKeeper:
-    """CPU copy of the weights at each new best validation, for when training dies.
-
-    The trainer keeps its validated model on cancel, but an exception inside its loop
-    (say, running out of GPU memory at iteration 400) would lose it; this keeps
-    the user's progress in that case too.
-    """
-
-    def __init__(self) -> None:
-        self.state: dict[str, Any] | None = None
-        self.iteration = 0
-        self.metric: float | None = None
-
-    def update(self, trainer: Trainer, event: TrainEvent) -> None:
-        if event.is_best:
-            self.state = {
-                k: v.detach().to("cpu", copy=True) for k, v in trainer.model.state_dict().items()
-            }
-            self.iteration = event.iteration
-            self.metric = event.val_metric
-
-    def model(self, trainer: Trainer, reason: str) -> TrainedModel | None:
-        if self.state is None:
-            return None
-        from ..checkpoint import TrainedModel
-        from ..model import UNet
-
-        net = UNet(trainer.model.config)
-        net.load_state_dict(self.state)
-        net.eval()
-        return TrainedModel(
-            model=net,
-            normalization=trainer.normalization,
-            annotation=trainer.config.annotation,
-            class_names=list(trainer.class_names),
-            training={
-                "iteration": int(self.iteration),
-                "best_val_dice": self.metric,
-                "stopped_by_error": reason,
-                "annotated_slices": [int(s.z) for s in trainer.slices],
-            },
-        )
-
-
-def _preview_model(trainer: Trainer) -> TrainedModel:
-    """A frozen copy of the model being trained, to predict with between iterations."""
-    from ..checkpoint import TrainedModel
-
-    net = copy.deepcopy(trainer.model)
-    net.eval()
-    norm = trainer.normalization
-    if norm.method == "percentile":
-        # the training stack's statistics: no percentile pass over the stack per preview
-        norm = replace(norm, method="fixed")
-    return TrainedModel(
-        model=net,
-        normalization=norm,
-        annotation=trainer.config.annotation,
-        class_names=list(trainer.class_names),
-    )
-
-
 def predict_slice(
     model: TrainedModel, image: Any, z: int | None, *, device: str, batch_size: int
 ) -> np.ndarray:
@@ -223,18 +160,18 @@ def train_job(
     if cancel.is_set():  # cancelled while the weight maps were computed
         trainer.cancel()
     yield TrainStarted(trainer.summary(), tuple(trainer.reinitialised))
-    keeper = _BestKeeper()
     device = str(trainer.device)
     n_events = 0
     last: TrainEvent | None = None
+    # closed explicitly: a worker aborted between two events must still stop the
+    # trainer's producer thread and hand its device memory back
+    events = iter(trainer)
     try:
-        for event in trainer:
+        for event in events:
             if cancel.is_set():
                 trainer.cancel()
             n_events += 1
             last = event
-            if not event.done:
-                keeper.update(trainer, event)
             yield event
             if cancel.is_set():
                 trainer.cancel()
@@ -242,7 +179,7 @@ def train_job(
             if every and not event.done and not trainer.cancelled and event.iteration % every == 0:
                 z = request.preview_z()
                 labels = predict_slice(
-                    _preview_model(trainer),
+                    trainer.snapshot(),
                     request.image,
                     z,
                     device=device,
@@ -252,15 +189,18 @@ def train_job(
     except errors as exc:
         message = describe_error(exc)
         logger.warning("training stopped by an error: %s", message)
-        return JobFailed(message, keeper.model(trainer, message), last.iteration if last else 0)
+        kept = trainer.kept_model(stopped_by_error=message)
+        return JobFailed(message, kept, last.iteration if last else 0)
+    finally:
+        events.close()
     result = trainer.result
     assert result is not None  # the trainer sets it when its loop ends normally
     if request.preview_every:
-        # the final model on the slice in view; a copy, so the result stays on the CPU
+        # the final model on the slice in view (the engine uses its own device copy)
         z = request.preview_z()
         try:
             labels = predict_slice(
-                result.copy(), request.image, z, device=device, batch_size=request.config.batch_size
+                result, request.image, z, device=device, batch_size=request.config.batch_size
             )
         finally:
             _release(device)

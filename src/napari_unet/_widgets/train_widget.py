@@ -29,7 +29,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ..config import PRESETS
+from ..config import FINETUNE_LEARNING_RATE, PRESETS
 from ._common import (
     CheckpointCache,
     JobWidget,
@@ -73,7 +73,7 @@ MODE_HELP = {
 }
 #: Learning rates that work: from scratch, and when fine-tuning a trained model.
 LR_SCRATCH = 1e-3
-LR_FINETUNE = 3e-4
+LR_FINETUNE = FINETUNE_LEARNING_RATE
 
 
 def _start_from_choices() -> list[tuple[str, str]]:
