@@ -7,7 +7,13 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from napari_unet.weightmap import boundary_weight_map, class_balance_weights
+from napari_unet import weightmap as wm
+from napari_unet.weightmap import (
+    BORDER_EPS,
+    border_cutoff,
+    boundary_weight_map,
+    class_balance_weights,
+)
 
 
 def _two_slabs(gap: int, width: int = 40, thickness: int = 30) -> np.ndarray:
@@ -213,3 +219,129 @@ def test_class_balance_weights_bad_inputs():
     with pytest.raises(ValueError, match="2D"):
         class_balance_weights(np.zeros((4,), int), np.ones((4,), bool))
     assert not class_balance_weights(np.zeros((3, 3), int), np.zeros((3, 3), bool)).any()
+
+
+# -- long objects: grouped distance transforms against one crop per object ----------
+
+
+def _fibres(size: int, width: int, gap: int) -> np.ndarray:
+    """Parallel diagonal objects spanning the slice: every crop is most of the slice."""
+    yy, xx = np.mgrid[:size, :size]
+    diag = xx + yy
+    return np.where(diag % (width + gap) < width, diag // (width + gap) + 1, 0).astype(np.int32)
+
+
+def _rings(size: int, width: int, gap: int) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    r = np.hypot(yy - size / 2, xx - size / 3)
+    return np.where(r % (width + gap) < width, r // (width + gap) + 1, 0).astype(np.int32)
+
+
+def _strokes(size: int, n: int, seed: int, angles: tuple[float, float] = (0.0, np.pi)) -> np.ndarray:
+    """Thick random lines across the slice, at angles in ``angles`` (radians); where
+    two cross, the later one cuts the earlier one (an id may then have two pieces)."""
+    from skimage.draw import line
+
+    rng = np.random.default_rng(seed)
+    out = np.zeros((size, size), np.int32)
+    for i in range(n):
+        a = rng.uniform(*angles)
+        off = rng.uniform(-0.7, 0.7) * size
+        cy, cx = size / 2 - off * np.cos(a), size / 2 + off * np.sin(a)
+        dy, dx = size * np.sin(a), size * np.cos(a)
+        rr, cc = line(int(cy - dy), int(cx - dx), int(cy + dy), int(cx + dx))
+        ok = (rr >= 0) & (rr < size) & (cc >= 0) & (cc < size)
+        stroke = np.zeros(out.shape, dtype=bool)
+        stroke[rr[ok], cc[ok]] = True
+        out[ndimage.binary_dilation(stroke, iterations=int(rng.integers(1, 4)))] = i + 1
+    return out
+
+
+def _per_object_crops(instances: np.ndarray, w0: float, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The crop-per-object algorithm, written independently: (weights, border term)."""
+    cutoff = border_cutoff(w0, sigma)
+    margin = int(np.ceil(cutoff + 0.5))
+    d1 = np.full(instances.shape, np.inf, np.float32)
+    d2 = np.full(instances.shape, np.inf, np.float32)
+    for i, box in enumerate(ndimage.find_objects(instances)):
+        if box is None:
+            continue
+        crop = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in box)
+        dist = ndimage.distance_transform_edt(instances[crop] != i + 1).astype(np.float32)
+        dist -= np.float32(0.5)
+        a, b = d1[crop], d2[crop]
+        b[...] = np.minimum(b, np.maximum(a, dist))
+        a[...] = np.minimum(a, dist)
+    bg = instances == 0
+    weights = class_balance_weights((instances > 0).astype(np.int64), np.ones(instances.shape, bool))
+    s = d1[bg] + d2[bg]
+    term = np.zeros(instances.shape, np.float32)
+    term[bg] = np.float32(w0) * np.exp(-(s * s) / np.float32(2.0 * sigma * sigma))
+    weights[bg] += term[bg]
+    return weights, term
+
+
+@pytest.mark.parametrize(
+    "name, make, min_groups",
+    [
+        ("fibres 2 px apart (7+ groups: two transforms per bit)", lambda: _fibres(256, 6, 2), 7),
+        ("fibres 10 px apart (one transform per group)", lambda: _fibres(256, 6, 10), 2),
+        ("rings", lambda: _rings(256, 5, 3), 2),
+        ("a bundle of crossing neurites", lambda: _strokes(256, 40, 2, (np.pi / 6, np.pi / 3)), 2),
+        ("random strokes (no group pays)", lambda: _strokes(256, 40, seed=4), 0),
+    ],
+)
+def test_grouped_transforms_give_the_per_object_maps(name, make, min_groups):
+    """Long objects far apart share a distance transform; the maps do not change.
+
+    Bit for bit wherever the border term reaches BORDER_EPS (the proof is in
+    ``_two_nearest_distances``), within BORDER_EPS everywhere.
+    """
+    inst = make()
+    w0, sigma = 10.0, 5.0
+    margin = int(np.ceil(border_cutoff(w0, sigma) + 0.5))
+    crops = {
+        i + 1: wm._grown_box(b, margin, inst.shape)
+        for i, b in enumerate(ndimage.find_objects(inst))
+        if b is not None
+    }
+    groups = wm._far_apart_groups(inst.astype(np.intp), crops, border_cutoff(w0, sigma) + 1)
+    assert len(groups) >= min_groups, name
+    fast = boundary_weight_map(inst, w0=w0, sigma=sigma)
+    old, term = _per_object_crops(inst, w0, sigma)
+    assert np.max(np.abs(fast - old)) <= BORDER_EPS
+    matters = term >= BORDER_EPS
+    assert matters.sum() > 1000
+    np.testing.assert_array_equal(fast[matters], old[matters])
+
+
+def test_grouped_transforms_match_the_slow_reference():
+    """The same long objects against one whole-slice transform per object (float64)."""
+    for inst in (_fibres(128, 4, 3), _strokes(128, 25, seed=2)):
+        fast = boundary_weight_map(inst, w0=10.0, sigma=5.0)
+        assert np.max(np.abs(fast - _reference(inst, 10.0, 5.0))) < 1e-3
+
+
+def test_grouping_leaves_compact_cells_alone():
+    """Cells like ISBI's keep one crop each (their groups would not pay)."""
+    inst = _voronoi_labels((256, 256), 60, seed=5, membrane=True)
+    margin = int(np.ceil(border_cutoff(10.0, 5.0) + 0.5))
+    crops = {
+        i + 1: wm._grown_box(b, margin, inst.shape)
+        for i, b in enumerate(ndimage.find_objects(inst))
+        if b is not None
+    }
+    assert wm._far_apart_groups(inst.astype(np.intp), crops, border_cutoff(10.0, 5.0) + 1) == []
+
+
+@pytest.mark.parametrize("reach, tile", [(29.4, 8), (10.0, 4), (3.0, 8), (1.0, 2)])
+def test_reach_offsets_hold_every_close_pair(reach, tile):
+    """Two pixels at most ``reach`` apart always lie in tiles at a listed offset."""
+    offsets = {tuple(o) for o in wm._reach_offsets(reach, tile).tolist()}
+    rng = np.random.default_rng(0)
+    p = rng.integers(0, 200, size=(20000, 2))
+    step = rng.uniform(-reach, reach, size=(20000, 2)).round().astype(int)
+    close = np.hypot(*step.T) <= reach
+    q = p + step
+    for a, b in zip(p[close], q[close]):
+        assert (b[0] // tile - a[0] // tile, b[1] // tile - a[1] // tile) in offsets
