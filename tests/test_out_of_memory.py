@@ -34,3 +34,30 @@ def test_training_splits_the_batch_when_out_of_memory():
     assert events[0].notice == notices[0]
     assert trainer.notices == notices
     assert np.isfinite([e.loss for e in events if not e.done]).all()
+
+
+def test_batch_goes_on_after_a_file_ran_out_of_memory(tmp_path):
+    from batch_helpers import tiny_model, write_stack
+
+    from napari_unet.batch import BatchOptions, batch_segment
+
+    trained = tiny_model()
+    forward = trained.model.forward
+    state = {"fail": True}
+
+    def flaky(x: torch.Tensor) -> torch.Tensor:
+        if state["fail"]:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return forward(x)
+
+    trained.model.forward = flaky  # type: ignore[method-assign]
+    for name in ("a.tif", "b.tif", "c.tif"):
+        write_stack(tmp_path / name, (2, 40, 48))
+
+    def on_event(event) -> None:
+        if event.result is not None:  # the device "recovers" after the first file
+            state["fail"] = False
+
+    results = batch_segment(trained, tmp_path, tmp_path / "out", BatchOptions(), callback=on_event)
+    assert [r.status for r in results] == ["failed", "done", "done"]
+    assert "out of cpu memory" in results[0].reason
