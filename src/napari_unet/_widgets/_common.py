@@ -14,6 +14,7 @@ is enabled and the reason is shown in a status line under the button.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import deque
 from pathlib import Path
@@ -82,15 +83,67 @@ def layer_choices(
     return choices
 
 
+def score_text(dice: float | None, iteration: int | None) -> str:
+    """The one way every panel words a model's score: 'validation Dice 0.803 (iteration 60)'."""
+    if not isinstance(dice, (int, float)) or not math.isfinite(dice):
+        return "no validation score"
+    where = f" (iteration {int(iteration)})" if iteration is not None else ""
+    return f"validation Dice {dice:.3f}{where}"
+
+
+def kept_score(model: TrainedModel) -> str:
+    """The score of the weights a model kept (not the best seen during its run).
+
+    By default training keeps the last validated weights, so the best Dice of
+    the run can differ from the model's; every panel shows this one.
+    """
+    training = model.training or {}
+    return score_text(training.get("best_val_dice"), training.get("iteration"))
+
+
 def model_source_choices(latest: Any, shipped: Path | None) -> list[tuple[str, str]]:
     """Model sources offered by the Segment and Batch panels: the one just trained first."""
     choices = []
     if latest is not None:
-        choices.append((f"just trained ({latest.description})", "trained"))
+        choices.append((f"just trained: {latest.description}", "trained"))
     if shipped is not None:
         choices.append(("built-in default (pretrained EM model)", "builtin"))
     choices.append(("checkpoint file", "checkpoint"))
     return choices
+
+
+def show_auto_at_minimum(spin: Any, text: str = "auto") -> None:
+    """Show ``text`` instead of the minimum of a magicgui SpinBox (0 = "choose for me").
+
+    magicgui's spin box (superqt's ``QLargeIntSpinBox``) ignores Qt's
+    ``setSpecialValueText``, so a user saw "0" for an automatic tile size.
+    Typing the word (or clearing the field) also selects the minimum.
+    """
+    from qtpy.QtGui import QValidator
+
+    box = spin.native
+    edit = box.lineEdit()
+
+    def update_edit() -> None:
+        new = text if box.value() == box.minimum() else str(box.value())
+        if edit.text() != new:
+            edit.setText(new)
+
+    def interpret(policy: Any) -> None:
+        typed = edit.displayText().strip()
+        value = box.minimum() if not typed or text.startswith(typed) else int(typed)
+        box._setValue(value, policy)
+
+    class Validator(QValidator):
+        def validate(self, typed: str, pos: int) -> Any:
+            if not typed or text.startswith(typed) or typed.isdigit():
+                return QValidator.State.Acceptable, typed, pos
+            return QValidator.State.Invalid, typed, pos
+
+    box._updateEdit = update_edit
+    box._interpret = interpret
+    edit.setValidator(Validator(box))
+    update_edit()
 
 
 def empty_path(value: Any) -> bool:
@@ -140,7 +193,12 @@ class JobWidget(Container):
     """Base class: viewer, status line, progress, Start/Cancel button running a job."""
 
     def __init__(self, viewer: napari.viewer.Viewer, *, start_text: str) -> None:
-        super().__init__(labels=True)
+        # scrollable: a panel taller than the screen scrolls instead of forcing napari's
+        # window taller than the screen (three panels stacked reached ~1750 px)
+        super().__init__(labels=True, scrollable=True)
+        from qtpy.QtWidgets import QFrame
+
+        self.native.setFrameShape(QFrame.Shape.NoFrame)
         self.viewer = unwrap_viewer(viewer)
         self._start_text = start_text
         self._worker: GeneratorWorker | None = None
@@ -163,6 +221,52 @@ class JobWidget(Container):
         self.status = Label(value="", label="")
         self.status.native.setWordWrap(True)
         self.status.native.setMinimumWidth(260)
+        # the other napari-unet panels already docked: join them as tabs once napari has
+        # docked this one (after this constructor returns)
+        self._tab_timer = QTimer(self.native)
+        self._tab_timer.setSingleShot(True)
+        self._tab_timer.setInterval(0)
+        self._tab_timer.timeout.connect(self.join_panel_tabs)
+        self._tab_timer.start()
+
+    @property
+    def native(self) -> Any:
+        """The scroll area around the panel's widgets: what napari puts in the dock.
+
+        magicgui's ``native`` is the widget inside the scroll area, and napari docks
+        ``native``; without this the scroll area would be dropped.
+        """
+        return self.root_native_widget
+
+    def join_panel_tabs(self) -> bool:
+        """Tabify this panel's dock with the napari-unet panels docked in the same area.
+
+        Stacked, Train + Segment + Batch share one screen height and each gets a
+        sliver; as tabs (napari's own way to share a dock area) each gets the full
+        height. Returns whether it joined a tab group.
+        """
+        from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+        dock = self.native.parent()
+        main = dock.parent() if isinstance(dock, QDockWidget) else None
+        if not isinstance(main, QMainWindow) or dock.isFloating():
+            return False
+        area = main.dockWidgetArea(dock)
+        others = [
+            d
+            for d in main.findChildren(QDockWidget)
+            if d is not dock
+            and not d.isFloating()
+            and d.isVisibleTo(main)
+            and main.dockWidgetArea(d) == area
+            and isinstance(getattr(d.widget(), "_magic_widget", None), JobWidget)
+        ]
+        if not others:
+            return False
+        main.tabifyDockWidget(others[-1], dock)
+        dock.show()
+        dock.raise_()
+        return True
 
     def tidy(self) -> None:
         """Keep the dock narrow: combos do not grow with long choices, texts wrap left-aligned."""

@@ -58,7 +58,6 @@ class TrainingPlot(QWidget):
         self._ax, self._ax2 = ax, ax2
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
-        ax.set_xticks([])
         self._hint = ax.text(
             0.5,
             0.5,
@@ -85,7 +84,12 @@ class TrainingPlot(QWidget):
 
     # -- data ---------------------------------------------------------------
     def reset(self, total: int) -> None:
-        """Forget the previous run; the x axis spans ``total`` iterations."""
+        """Forget the previous run of ``total`` planned iterations.
+
+        The x axis spans the iterations that have run, not ``total``: after a
+        cancel at iteration 11 of 5000 the curves fill the plot instead of a
+        sliver at its left edge.
+        """
         self._total = max(1, int(total))
         for series in (
             self.iterations,
@@ -122,21 +126,30 @@ class TrainingPlot(QWidget):
 
     def redraw(self) -> None:
         """Draw now (the timer calls this at most every 250 ms while points arrive)."""
-        from matplotlib.ticker import AutoLocator
-
         self._dirty = False
         if self.iterations and self._hint.get_visible():  # first points: drop the hint
             self._hint.set_visible(False)
-            self._ax.xaxis.set_major_locator(AutoLocator())
         self._loss_line.set_data(self.iterations, self.losses)
         self._smooth_line.set_data(self.iterations, self.smoothed)
         self._val_line.set_data(self.val_iterations, self.val_metrics)
-        self._ax.set_xlim(0, max(self._total, self.iterations[-1] if self.iterations else 1))
-        if self.losses:
-            lo, hi = min(self.losses), max(self.losses)
-            pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
-            self._ax.set_ylim(max(0.0, lo - pad), hi + pad)
+        self._ax.set_xlim(*self.x_range())
+        self._ax.set_ylim(*self.loss_range())
         self.canvas.draw_idle()
+
+    def x_range(self) -> tuple[float, float]:
+        """0 to the last iteration drawn, plus a margin so the last point is not on the edge."""
+        last = max(self.iterations[-1:] + self.val_iterations[-1:], default=0)
+        return 0.0, max(1.0, last * 1.04)
+
+    def loss_range(self) -> tuple[float, float]:
+        """The loss axis: every raw and smoothed loss inside it, with a 5% margin."""
+        values = self.losses + self.smoothed
+        if not values:
+            return 0.0, 1.0
+        lo, hi = min(values), max(values)
+        pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
+        # a loss that cannot go negative starts at 0 at the lowest, never below its data
+        return (max(0.0, lo - pad) if lo >= 0 else lo - pad), hi + pad
 
     def image_rgba(self) -> Any:
         """The rendered plot as an RGBA array (for tests and screenshots)."""

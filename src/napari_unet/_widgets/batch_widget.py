@@ -41,6 +41,7 @@ from ._common import (
     device_problem,
     empty_path,
     model_source_choices,
+    show_auto_at_minimum,
 )
 from ._jobs import JobFailed, describe_error, user_error_types
 from ._state import models_for
@@ -138,20 +139,31 @@ class BatchWidget(JobWidget):
             max=8192,
             step=16,
             value=0,
-            tooltip="Output tile edge; 'auto' suits the model and device.",
+            tooltip="Output tile edge. Bigger tiles are faster but need more memory; it is rounded "
+            "to a size the network accepts. 'auto' suits the model and device.",
         )
-        self.tile_size.native.setSpecialValueText("auto")
+        show_auto_at_minimum(self.tile_size)
         self.batch_size = SpinBox(
             label="batch size", min=1, max=256, value=4, tooltip="Tiles per forward pass."
         )
-        self.tta = CheckBox(text="test-time augmentation (8x slower)", value=False, label="")
+        self.tta = CheckBox(
+            text="test-time augmentation (8x slower)",
+            value=False,
+            label="",
+            tooltip="Average over the 8 flips/rotations of each tile: slightly more accurate.",
+        )
         self.instances = CheckBox(text="write instances (one id per object)", value=False, label="")
         self.instance_method = ComboBox(
             label=INSTANCE_METHOD_LABEL, choices=INSTANCE_METHOD_CHOICES, value="components",
             visible=False, tooltip=INSTANCE_METHOD_TOOLTIP,
         )
         self.min_size = SpinBox(
-            label="min object size (px)", min=0, max=100_000_000, value=0, visible=False
+            label="min object size (px)",
+            min=0,
+            max=100_000_000,
+            value=0,
+            visible=False,
+            tooltip="Objects smaller than this (pixels per slice) are removed from the instances.",
         )
         self.probabilities = CheckBox(text="write probabilities", value=False, label="")
         self.probability_dtype = ComboBox(

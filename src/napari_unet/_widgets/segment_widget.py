@@ -30,6 +30,7 @@ from ._common import (
     device_choices,
     device_problem,
     empty_path,
+    kept_score,
     layer_choices,
     model_source_choices,
 )
@@ -68,9 +69,8 @@ def describe_model(model: TrainedModel) -> str:
         parts.append(
             f"trained on z = {', '.join(str(z) for z in zs[:8])}{' ...' if len(zs) > 8 else ''}"
         )
-    dice = training.get("best_val_dice")
-    if isinstance(dice, (int, float)):
-        parts.append(f"validation Dice {dice:.3f}")
+    if isinstance(training.get("best_val_dice"), (int, float)):
+        parts.append(kept_score(model))
     return "; ".join(parts)
 
 

@@ -36,7 +36,9 @@ from ._common import (
     device_choices,
     device_problem,
     empty_path,
+    kept_score,
     layer_choices,
+    score_text,
 )
 from ._jobs import JobFailed, PreviewUpdate, TrainOutcome, TrainRequest, TrainStarted, train_job
 from ._layers import (
@@ -123,6 +125,7 @@ class TrainWidget(JobWidget):
         self._tracker: _SliceTracker | None = None
         self._job_image: Image | None = None  # the image being trained on (for the preview)
         self.trained: TrainedModel | None = None
+        self._kept_score: tuple[float, int] | None = None  # (Dice, iteration) of the kept weights
 
         v = self.viewer
         self.image = ComboBox(
@@ -268,8 +271,9 @@ class TrainWidget(JobWidget):
         self.new_annotation.changed.connect(self.create_annotation_layer)
         self.mode.changed.connect(self._on_mode_changed)
         self.start_from.changed.connect(self._on_start_from_changed)
-        self.checkpoint.changed.connect(self.revalidate)
-        self.device.changed.connect(self.revalidate)
+        # every setting the ready line names re-checks (and re-words) it
+        for w in (self.checkpoint, self.device, self.model_size, self.iterations):
+            w.changed.connect(self.revalidate)
         self.show_advanced.changed.connect(self._update_fields)
         self.save.changed.connect(self.save_model)
 
@@ -521,6 +525,7 @@ class TrainWidget(JobWidget):
         request = self.build_request()
         self._job_image = self.image.value
         self.plot.reset(request.config.iterations)
+        self._kept_score = None
         self.viewer.dims.events.current_step.connect(self._track_slice)
         self.run_job(train_job, request, total=request.config.iterations, desc="Training U-Net")
         self.set_status("Preparing the annotated slices...", "info")
@@ -550,9 +555,11 @@ class TrainWidget(JobWidget):
             return
         self.set_progress(event.iteration)
         self.plot.add_point(event.iteration, event.loss, event.val_metric)
+        if event.is_best and event.val_metric is not None:
+            self._kept_score = (event.val_metric, event.iteration)  # the weights kept so far
         parts = [f"Iteration {event.iteration}/{event.total}", f"loss {event.loss:.3f}"]
-        if event.best_metric is not None and math.isfinite(event.best_metric):
-            parts.append(f"best Dice {event.best_metric:.3f}")
+        if self._kept_score is not None and math.isfinite(self._kept_score[0]):
+            parts.append(score_text(*self._kept_score))
         eta = event.eta_s
         if math.isfinite(eta):
             parts.append(f"{eta:.0f} s left")
@@ -596,31 +603,28 @@ class TrainWidget(JobWidget):
         if isinstance(value, JobFailed):
             self.report_error(value.message)
             if value.model is not None:
-                self._keep_model(value.model, f"on '{image_name}', stopped by an error")
+                self._keep_model(
+                    value.model,
+                    f"on '{image_name}', stopped by an error, {kept_score(value.model)}",
+                )
                 self.set_status(
                     f"{value.message} The model as last validated before the error is kept.",
                     "error",
                 )
             return
         assert isinstance(value, TrainOutcome)
-        dice = value.best_metric
-        dice_text = (
-            f"best validation Dice {dice:.3f}"
-            if dice is not None and math.isfinite(dice)
-            else "no validation score"
-        )
-        best_it = value.model.training.get("iteration", value.iterations_run)
-        dice_short = f", Dice {dice:.2f}" if dice is not None and math.isfinite(dice) else ""
-        self._keep_model(value.model, f"on '{image_name}'{dice_short}")
+        # the kept weights' score, worded as in the Segment and Batch panels
+        dice_text = kept_score(value.model)
+        self._keep_model(value.model, f"on '{image_name}', {dice_text}")
         if value.cancelled:
             self.set_status(
                 f"Cancelled at iteration {value.iterations_run}; kept the model so far "
-                f"({dice_text}, iteration {best_it}). It is ready in the Segment widget.",
+                f"({dice_text}). It is ready in the Segment widget.",
                 "warn",
             )
         else:
             self.set_status(
-                f"Done in {value.elapsed_s:.0f} s: {dice_text} (iteration {best_it}). "
+                f"Done in {value.elapsed_s:.0f} s: {dice_text}. "
                 "The model is ready in the Segment widget; save it below.",
                 "ok",
             )
