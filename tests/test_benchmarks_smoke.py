@@ -207,3 +207,37 @@ def test_calibration_quick_run(tmp_path: Path) -> None:
     gt[0] = True
     s = mod.scores(mod.np.where(gt, 0.9, 0.6), gt)  # every pixel above 0.5: half are false positives
     assert s["precision@0.5"] == 0.5 and s["recall@0.5"] == 1.0 and s["iou@0.7"] == 1.0
+
+
+def test_bench_prepare_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mod = _load("bench_prepare")
+    out = tmp_path / "p.json"
+    report = mod.main(["--quick", "--data", str(tmp_path / "no-data"), "--out", str(out)])
+    names = [r["case"] for r in report["rows"]]
+    assert names == ["sample-1", "sample-2", "sample-scribbles", "fibres-256"]
+    for r in report["rows"]:
+        assert all(r[p] >= 0.0 for p in mod.PHASES)
+        assert r["trainer_scratch"] > 0.0 and r["trainer_finetune"] > 0.0
+    assert report["rows"][1]["painted_mpx"] == pytest.approx(2 * 256 * 256 / 1e6)
+    assert json.loads(out.read_text())["prepare_s_per_mpx"] == report["prepare_s_per_mpx"]
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"prepare_s_per_mpx={report['prepare_s_per_mpx']:.4f}"
+    assert 0.0 < report["prepare_s_per_mpx"] < 30.0
+
+
+def test_cpu_bf16_quick(tmp_path: Path) -> None:
+    mod = _load("bench_cpu_bf16")
+    out = tmp_path / "b.json"
+    report = mod.main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["data"] == "synthetic" and isinstance(report["cpu_native_bf16"], bool)
+    for row in report["speed"].values():
+        assert row["float32_mpx_s"] > 0 and row["bfloat16_mpx_s"] > 0 and row["speedup"] > 0
+        assert 0.99 <= row["argmax_agreement"] <= 1.0
+    for part in report["accuracy"].values():
+        assert part["argmax_agreement"] > 0.99 and part["max_abs_dp"] < 0.1
+        assert all(abs(d) <= mod.GATE for d in part["delta"].values())
+    assert report["gate_passed"]
+    with pytest.raises(SystemExit) as exc:  # a gate nothing can pass: exit status 1
+        mod.main(["--quick", "--skip-speed", "--gate", "-1"])
+    assert exc.value.code == 1

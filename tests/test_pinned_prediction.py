@@ -25,7 +25,9 @@ def test_shipped_model_prediction_is_pinned() -> None:
     pinned = np.load(FIXTURE)
     model = nu.load_checkpoint(default_checkpoint())
     image = synthetic_em_stack((2, 96, 112), seed=11).image
-    pred = nu.predict(model, image, tile_size=64, instances=True, instance_method="fill")
+    # the float32 path is what is pinned ("auto" may mean bf16 on this CPU)
+    pred = nu.predict(model, image, tile_size=64, instances=True, instance_method="fill",
+                      precision="float32")
     foreground = pred.foreground_probability
     np.testing.assert_allclose(foreground, pinned["foreground"], atol=1e-4)
     sure = np.abs(pinned["foreground"] - 0.5) > 1e-3  # pixels no rounding can flip

@@ -463,6 +463,7 @@ def segment_with_engine(
                 **options.to_dict(),
                 "tile_size_used": predictor.tile_size,
                 "device_used": str(predictor.device),
+                "precision_used": predictor.precision_used,
                 "normalization_low_high": [walk.low, walk.high],
                 "engine_notices": list(predictor.notices),
             },

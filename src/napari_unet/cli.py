@@ -353,6 +353,7 @@ def _options(args: argparse.Namespace) -> Any:
         overwrite=args.overwrite,
         min_size=args.min_size,
         instance_method=args.instance_method,
+        precision=args.precision,
     )
 
 
@@ -671,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint file ('default' = the built-in model)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--instances", action="store_true", help="also write object (instance) labels")
-    from .prediction_settings import INSTANCE_METHODS
+    from .prediction_settings import INSTANCE_METHODS, PRECISION_CHOICES
 
     p.add_argument("--instance-method", choices=INSTANCE_METHODS, default="components",
                    help="how objects are separated (default: components); 'fill' grows them over the "
@@ -687,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="average over 8 flips/rotations (8x slower)")
     p.add_argument("--overwrite", action="store_true", help="redo files whose outputs exist")
     p.add_argument("--device", choices=devices, default="auto", help="where to predict (default: auto)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
+                   help="arithmetic (default: auto = mixed precision on GPUs, bf16 on CPUs "
+                        "that compute it natively, else float32)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run one dask.distributed task per stack on this scheduler "
                    "(tcp://host:8786 or a scheduler JSON file)")

@@ -37,7 +37,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import autocast, is_out_of_memory, release_memory, resolve_device
+from .devices import (
+    autocast_dtype,
+    autocast_to,
+    dtype_name,
+    is_out_of_memory,
+    prediction_dtype,
+    release_memory,
+    resolve_device,
+)
 from .errors import Cancelled
 from .tiling import BLEND_KINDS, blend_window, tile_starts
 
@@ -141,7 +149,13 @@ class TilePredictor:
         tta: average the softmax over the 8 flips/rotations of each tile
             (8x slower, usually a little more accurate).
         device: ``"auto"``, ``"cuda"``, ``"mps"``, ``"cpu"`` or a ``torch.device``.
-        amp: mixed precision on CUDA (ignored elsewhere).
+        amp: mixed precision on CUDA (bf16 where native, else fp16); with
+            ``precision`` given, False forces float32.
+        precision: ``"auto"``, ``"float32"`` or ``"bfloat16"`` (see
+            :func:`~napari_unet.devices.prediction_dtype`; ``"auto"`` adds bf16 on
+            CPUs with native bf16). None (default): ``amp`` alone decides, as
+            before, so direct users such as training's validation stay float32
+            on the CPU. Softmax is always computed in float32.
         overlap: fraction of a tile shared with its neighbour (same padding only;
             valid-padding tiles need no overlap).
         blend: ``"gaussian"`` or ``"linear"`` window for same padding.
@@ -170,6 +184,7 @@ class TilePredictor:
         tta: bool = False,
         device: str | torch.device = "auto",
         amp: bool = True,
+        precision: str | None = None,
         overlap: float = 0.25,
         blend: str = "gaussian",
         progress: ProgressCallback | None = None,
@@ -204,7 +219,17 @@ class TilePredictor:
         self.divisor = int(geometry.divisor)
         self.device = resolve_device(device)
         self._cuda = self.device.type == "cuda"
-        self.amp = bool(amp) and self._cuda
+        if precision is None:
+            dtype = autocast_dtype(self.device) if amp else None
+        elif precision == "bfloat16" and not amp:
+            raise ValueError("precision='bfloat16' contradicts amp=False (which means float32)")
+        else:
+            dtype = prediction_dtype(self.device, precision if amp else "float32")
+        #: The dtype the network's convolutions run in (None: float32).
+        self.compute_dtype: torch.dtype | None = dtype
+        #: ``"float32"``, ``"bfloat16"`` or ``"float16"``, for provenance records.
+        self.precision_used = dtype_name(dtype)
+        self.amp = dtype is not None
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
         self.overlap = float(overlap)
@@ -292,7 +317,7 @@ class TilePredictor:
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.amp):
+        with autocast_to(self.device, self.compute_dtype):
             logits = self.model(x)
         # softmax in float32 whatever autocast computed the logits in
         return torch.softmax(logits.float(), dim=1)

@@ -22,6 +22,8 @@ INSTANCE_METHODS = ("components", "watershed", "fill")
 PROBABILITY_GUIDED = ("watershed", "fill")
 #: Device names a user can give (``"cuda:1"`` style indices are accepted too).
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+#: Arithmetic a user can ask prediction to run in (see ``devices.prediction_dtype``).
+PRECISION_CHOICES = ("auto", "float32", "bfloat16")
 
 
 def whole_number(value: Any, name: str, minimum: int = 1) -> int:
@@ -47,13 +49,20 @@ class PredictionSettings:
             device runs out of memory).
         tta: average the softmax over the 8 flips/rotations (8x slower).
         device: ``"auto"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` or ``"cpu"``.
-        amp: mixed precision on CUDA (bf16 where native, else fp16).
+        amp: allow mixed precision; False means float32 whatever ``precision``
+            says (the older spelling of ``precision="float32"``).
         probabilities: keep the class probabilities.
         instances: label individual objects too.
         instance_method: one of :data:`INSTANCE_METHODS`.
         min_size: drop objects smaller than this many pixels (per slice).
         threshold: foreground probability threshold for 2-class models
             (None: the most probable class).
+        precision: one of :data:`PRECISION_CHOICES`. ``"auto"``: bf16 on CUDA
+            GPUs with native bf16 (fp16 on older ones), bf16 on CPUs with
+            AVX-512-BF16 or AMX (about twice as fast; results within bf16
+            rounding, see BENCHMARKS.md), float32 elsewhere. ``"float32"``:
+            always full precision. ``"bfloat16"``: bf16 even where it is only
+            emulated (slow; a warning says so).
     """
 
     tile_size: int | None = None
@@ -66,6 +75,7 @@ class PredictionSettings:
     instance_method: str = "components"
     min_size: int = 0
     threshold: float | None = None
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -94,6 +104,16 @@ class PredictionSettings:
             if not 0.0 <= threshold <= 1.0:
                 raise ValueError(f"threshold must be in [0, 1], got {self.threshold!r}")
             set_(self, "threshold", threshold)
+        precision = self.precision.strip().lower() if isinstance(self.precision, str) else None
+        if precision not in PRECISION_CHOICES:
+            raise ValueError(
+                f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}"
+            )
+        set_(self, "precision", precision)
+        if self.precision == "bfloat16" and not self.amp:
+            raise ValueError(
+                "precision='bfloat16' contradicts amp=False (which means float32); drop amp=False"
+            )
 
     @property
     def needs_foreground(self) -> bool:

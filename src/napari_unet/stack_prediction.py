@@ -75,6 +75,7 @@ class PredictionEngine:
             tta=settings.tta,
             device=self.device,
             amp=settings.amp,
+            precision=settings.precision,
             progress=tile_progress,
             should_stop=should_stop,
             notice=notice,
