@@ -1,0 +1,199 @@
+"""``napari-unet train``: train or fine-tune a model on the painted slices of a stack.
+
+The command picks the starting point (a checkpoint, a preset, the built-in
+model), checks the destination before minutes of training, drains the
+trainer with a progress bar (first Ctrl-C keeps the model so far) and saves
+the model, elsewhere when the destination fails at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ._exit import EXIT_FAILED, EXIT_OK, PROG, CLIError
+from ._output import _err, _fmt_seconds, progress_bar
+from ._signals import _ctrl_c, _shielded
+
+# --class-balance words -> AnnotationSettings.balance
+BALANCE_OPTIONS: dict[str, Any] = {"auto": "auto", "on": True, "off": False}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .._saving import (
+        DestinationError,
+        DestinationExists,
+        ModelNotSaved,
+        check_destination,
+        checkpoint_bytes,
+        save_with_fallback,
+    )
+    from ..tiff_io import TiffSlices, read_tiff
+    from ..training import Trainer
+
+    out = Path(args.output)
+    try:  # now, not after minutes of training
+        check_destination(out, overwrite=args.overwrite)
+    except DestinationExists:
+        raise CLIError(f"{out} exists; pass --overwrite to replace it") from None
+    except DestinationError as exc:
+        raise CLIError(str(exc)) from None
+    if args.preset and args.from_:
+        raise CLIError("--preset picks an architecture to train from scratch; it cannot be combined with --from")
+    if args.resume and not args.from_:
+        raise CLIError("--resume needs --from CHECKPOINT (the run to continue)")
+
+    init, model_cfg, source = _starting_point(args)
+    config = _training_config(args, init)
+
+    reader = TiffSlices(args.image)
+    try:
+        try:
+            labels = read_tiff(args.labels, lazy=False).data
+        except (ValueError, OSError) as exc:
+            raise CLIError(f"cannot read the labels {args.labels}: {exc}") from None
+        trainer = Trainer(reader, labels, config, model=model_cfg, init=init, resume=args.resume)
+        info = trainer.summary()
+        try:  # the model's size is known now: is there room for it?
+            check_destination(out, overwrite=True, need_bytes=checkpoint_bytes(info["parameters"]))
+        except DestinationError as exc:
+            raise CLIError(str(exc)) from None
+        print(
+            f"Training {source}: {info['parameters']:,} parameters on {info['device']}, "
+            f"annotated slices {info['annotated_slices']}, validation on {info['validation']}, "
+            f"{config.iterations} iterations."
+        )
+        result = _run_training(trainer)
+    finally:
+        reader.close()
+    trained, final = result
+    try:  # a failing write puts the model elsewhere rather than losing it
+        saved = save_with_fallback(trained, out)
+    except ModelNotSaved as exc:
+        raise CLIError(str(exc)) from None
+    best = trained.training.get("best_val_dice")
+    best_text = "n/a" if best is None else f"{best:.3f}"
+    if final.cancelled:
+        print(
+            f"Stopped at iteration {final.iteration} of {final.total} (Ctrl-C); saved the model "
+            f"so far (iteration {trained.training.get('iteration')}, validation Dice {best_text}) "
+            f"to {saved.path}."
+        )
+    else:
+        print(
+            f"Trained {final.iteration} iterations in {_fmt_seconds(final.elapsed_s)}; best validation "
+            f"Dice {best_text} at iteration {trained.training.get('iteration')}; saved {saved.path}."
+        )
+    if saved.rescued:
+        _err(
+            f"{PROG}: error: could not save the model to {out}: {saved.reason}. The trained model "
+            f"was saved to {saved.path} instead; move it where you want it."
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _starting_point(args: argparse.Namespace) -> tuple[Any, Any, str]:
+    """What training starts from: (checkpoint or None, architecture or None, the words for it)."""
+    from ..batch import resolve_model_path
+    from ..checkpoint import load_checkpoint
+    from ..config import preset
+    from ..pretrained import default_checkpoint
+
+    init = None
+    model_cfg = None
+    if args.from_:
+        init = load_checkpoint(resolve_model_path(args.from_))
+        source = f"fine-tuning {args.from_}" if not args.resume else f"resuming {args.from_}"
+    elif args.preset:
+        model_cfg = preset(args.preset)
+        source = f"from scratch ({args.preset} network)"
+    elif default_checkpoint() is not None:
+        init = load_checkpoint(default_checkpoint())
+        source = "fine-tuning the built-in default model"
+    else:
+        model_cfg = preset("default")
+        source = "from scratch (default network; no pretrained model ships yet)"
+    return init, model_cfg, source
+
+
+def _training_config(args: argparse.Namespace, init: Any) -> Any:
+    """The TrainingConfig from the flags, over the resumed run's recipe (with --resume)."""
+    from dataclasses import fields
+
+    from ..annotations import AnnotationSettings
+    from ..training import TrainingConfig
+
+    base: dict[str, Any] = {}
+    if args.resume and init is not None:
+        # continue the run with its whole recipe (augmentation and normalisation included)
+        # unless told otherwise; the annotation flags and --device below always apply
+        from ..training import HARDWARE_FIELDS
+
+        recipe = init.training_config()
+        if recipe is not None:
+            skip = {"annotation", *HARDWARE_FIELDS}
+            base = {f.name: getattr(recipe, f.name) for f in fields(TrainingConfig) if f.name not in skip}
+    chosen = {
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "learning_rate": args.lr,
+        "seed": args.seed,
+    }
+    base.update({k: v for k, v in chosen.items() if v is not None})
+    if "learning_rate" not in base and init is not None:
+        from ..config import FINETUNE_LEARNING_RATE
+
+        base["learning_rate"] = FINETUNE_LEARNING_RATE  # fine-tuning: keep what the model knows
+    annotation = AnnotationSettings(
+        mode=args.mode, ignore_id=args.ignore_id, boundary_class=args.boundary_class,
+        balance=BALANCE_OPTIONS[args.class_balance],
+    )
+    config = TrainingConfig(annotation=annotation, device=args.device, **base)
+    return config
+
+
+def _run_training(trainer: Any) -> tuple[Any, Any]:
+    """Drain the trainer with a progress bar; first Ctrl-C stops it and keeps the model as validated then."""
+    total = trainer.config.iterations
+    bar = progress_bar(total=total, initial=trainer.start_iteration, unit="it", desc="train")
+    plain = bool(bar.disable)
+    every = max(1, total // 10)
+    last_val: float | None = None
+
+    def stop() -> None:
+        trainer.cancel()
+        _err("\nStopping after this iteration and keeping the model (Ctrl-C again to abort).")
+
+    final = None
+    with _ctrl_c(stop) as presses, bar:
+        events = iter(trainer)
+        try:
+            for event in events:
+                if event.done:
+                    final = event
+                    break
+                if event.val_metric is not None:
+                    last_val = event.val_metric
+                post = {"loss": f"{event.loss:.4f}"}
+                if last_val is not None:
+                    post["val_dice"] = f"{last_val:.3f}"
+                if event.best_metric is not None:
+                    post["best"] = f"{event.best_metric:.3f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(event.iteration - bar.n)
+                if plain and (event.iteration % every == 0 or event.iteration == total):
+                    _err(
+                        f"iteration {event.iteration}/{total}  loss {event.loss:.4f}  "
+                        + (f"val Dice {last_val:.3f}  " if last_val is not None else "")
+                        + f"ETA {_fmt_seconds(event.eta_s)}"
+                    )
+        finally:
+            # close the trainer here, not whenever the garbage collector gets to it: its
+            # cleanup stops the batch thread, and a second Ctrl-C during it must abort
+            with _shielded(presses):
+                events.close()
+    assert trainer.result is not None and final is not None
+    return trainer.result, final
