@@ -347,6 +347,78 @@ def _narrow_to_uint16(tmp: Path, shape: tuple[int, ...], spacing: Any, unit: Any
     return target
 
 
+def _open_writers(
+    writers: dict[str, TiffPageWriter],
+    wanted: list[str],
+    targets: dict[str, Path],
+    reader: TiffSlices,
+    options: BatchOptions,
+) -> None:
+    """Hidden temporary TIFF writers for the outputs this file still needs."""
+    shape = reader.shape
+    meta = {"spacing": reader.spacing, "unit": reader.unit, "overwrite": True}
+    if LABELS in wanted:
+        writers[LABELS] = TiffPageWriter(targets[LABELS], shape, np.uint8, **meta)
+    if INSTANCES in wanted:
+        # ids grow through the stack: uint32 now, uint16 at the end if they fit
+        writers[INSTANCES] = TiffPageWriter(targets[INSTANCES], shape, np.uint32, **meta)
+    if PROBABILITIES in wanted:
+        writers[PROBABILITIES] = TiffPageWriter(
+            targets[PROBABILITIES], shape, np.dtype(options.probability_dtype), **meta
+        )
+
+
+def _provenance(
+    path: Path,
+    reader: TiffSlices,
+    engine: BatchEngine,
+    options: BatchOptions,
+    walk: Any,
+    targets: dict[str, Path],
+    finals: dict[str, Path],
+    dtypes: dict[str, str],
+    kept: list[Path],
+    seconds: float,
+) -> dict[str, Any]:
+    """The ``_provenance.json`` record of a finished file: what, with which model, how, how fast."""
+    predictor = engine.engine.predictor
+    shape = reader.shape
+    pixels = int(np.prod(shape))
+    return {
+        "napari_unet_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": {
+            "path": str(path.resolve()),
+            "shape": list(shape),
+            "dtype": str(reader.dtype),
+            "spacing": None if reader.spacing is None else list(reader.spacing),
+            "unit": reader.unit,
+            "bytes": path.stat().st_size,
+        },
+        "model": _model_record(engine.trained, engine.identity),
+        "settings": {
+            **options.to_dict(),
+            "tile_size_used": predictor.tile_size,
+            "device_used": str(predictor.device),
+            "precision_used": predictor.precision_used,
+            "normalization_low_high": [walk.low, walk.high],
+            "engine_notices": list(predictor.notices),
+        },
+        "outputs": {k: {"file": targets[k].name, "dtype": dtypes[k]} for k in finals},
+        "kept_existing": [p.name for p in kept],
+        "instances": None
+        if INSTANCES not in finals
+        else {"labelling": "2D per slice, ids unique across the stack", "count": walk.n_objects},
+        "timings": {
+            "seconds": round(seconds, 3),
+            "statistics_seconds": round(walk.statistics_seconds, 3),
+            "network_seconds": round(walk.network_seconds, 3),
+            "megapixels_per_second": round(pixels / 1e6 / max(seconds, 1e-9), 3),
+        },
+        "environment": _environment(),
+    }
+
+
 def segment_with_engine(
     engine: BatchEngine,
     path: Path,
@@ -386,7 +458,6 @@ def segment_with_engine(
         if should_stop is not None and should_stop():
             raise Cancelled("batch cancelled")
 
-        trained = engine.trained
         predictor = engine.engine.predictor
         predictor.should_stop = should_stop
         predictor.progress = None
@@ -399,16 +470,7 @@ def segment_with_engine(
         )
         walk = StackPrediction(engine.engine, stack, should_stop=should_stop, settings=settings)
 
-        meta = {"spacing": reader.spacing, "unit": reader.unit, "overwrite": True}
-        if LABELS in wanted:
-            writers[LABELS] = TiffPageWriter(targets[LABELS], shape, np.uint8, **meta)
-        if INSTANCES in wanted:
-            # ids grow through the stack: uint32 now, uint16 at the end if they fit
-            writers[INSTANCES] = TiffPageWriter(targets[INSTANCES], shape, np.uint32, **meta)
-        if PROBABILITIES in wanted:
-            writers[PROBABILITIES] = TiffPageWriter(
-                targets[PROBABILITIES], shape, np.dtype(options.probability_dtype), **meta
-            )
+        _open_writers(writers, wanted, targets, reader, options)
 
         for result in walk:
             if LABELS in writers:
@@ -446,40 +508,7 @@ def segment_with_engine(
                 os.replace(finals[kind], targets[kind])
                 committed.append(targets[kind])
         seconds = time.perf_counter() - t0
-        pixels = int(np.prod(shape))
-        record = {
-            "napari_unet_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "input": {
-                "path": str(path.resolve()),
-                "shape": list(shape),
-                "dtype": str(reader.dtype),
-                "spacing": None if reader.spacing is None else list(reader.spacing),
-                "unit": reader.unit,
-                "bytes": path.stat().st_size,
-            },
-            "model": _model_record(trained, engine.identity),
-            "settings": {
-                **options.to_dict(),
-                "tile_size_used": predictor.tile_size,
-                "device_used": str(predictor.device),
-                "precision_used": predictor.precision_used,
-                "normalization_low_high": [walk.low, walk.high],
-                "engine_notices": list(predictor.notices),
-            },
-            "outputs": {k: {"file": targets[k].name, "dtype": dtypes[k]} for k in finals},
-            "kept_existing": [p.name for p in kept],
-            "instances": None
-            if INSTANCES not in finals
-            else {"labelling": "2D per slice, ids unique across the stack", "count": walk.n_objects},
-            "timings": {
-                "seconds": round(seconds, 3),
-                "statistics_seconds": round(walk.statistics_seconds, 3),
-                "network_seconds": round(walk.network_seconds, 3),
-                "megapixels_per_second": round(pixels / 1e6 / max(seconds, 1e-9), 3),
-            },
-            "environment": _environment(),
-        }
+        record = _provenance(path, reader, engine, options, walk, targets, finals, dtypes, kept, seconds)
         _write_json(targets[PROVENANCE], record)
         committed.append(targets[PROVENANCE])
         return FileResult(path, "done", committed + kept, "", seconds)
