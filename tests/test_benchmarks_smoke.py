@@ -241,3 +241,46 @@ def test_cpu_bf16_quick(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exc:  # a gate nothing can pass: exit status 1
         mod.main(["--quick", "--skip-speed", "--gate", "-1"])
     assert exc.value.code == 1
+
+
+def test_gui_latency_quick(tmp_path: Path) -> None:
+    """The GUI latency benchmark under Xvfb: a real viewer, the three panels, their buttons."""
+    import shutil
+
+    if shutil.which("xvfb-run") is None:
+        pytest.skip("xvfb-run is not installed")
+    out = tmp_path / "gui.json"
+    src = str(BENCHMARKS.parent / "src")
+    env = {**os.environ, "QT_QPA_PLATFORM": "xcb",
+           "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    try:
+        proc = subprocess.run(
+            ["xvfb-run", "-a", "-s", "-screen 0 1920x1080x24", sys.executable,
+             str(BENCHMARKS / "bench_gui_latency.py"), "--quick", "--out", str(out)],
+            capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("bench_gui_latency.py --quick ran for more than 300 s")
+    if proc.returncode != 0 and not out.exists() and (
+        "cannot open display" in proc.stderr.lower()
+        or "could not connect to display" in proc.stderr.lower()
+        or "xvfb failed" in proc.stderr.lower()
+        or "no display" in proc.stderr.lower()
+    ):
+        pytest.skip("no X display could be made: " + proc.stderr.strip()[-300:])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    phases = report["phases"]
+    assert set(phases) == {"idle", "train_tiny", "train_finetune", "segment_stack", "batch"}
+    for name, row in phases.items():
+        assert row["n"] > 0, name
+        assert 0 < row["median_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert all(v is not None and v > 0 for v in report["first_preview_s"].values())
+    assert sorted(report["batch_rows"]) == ["done", "done", "failed"]  # 2 stacks, 1 corrupt file
+    worst = report["worst"]
+    assert worst["window_height_px"] > 0
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last == (
+        f"max_gap_ms={worst['max_gap_ms']:.1f} p99_ms={worst['p99_ms']:.1f} "
+        f"first_preview_s={worst['first_preview_s']:.2f} window_height_px={worst['window_height_px']}"
+    )
