@@ -147,3 +147,20 @@ def test_out_of_memory_messages_say_what_to_change():
     text = describe_error(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
     assert text.startswith("Out of memory") and "batch size" in text
     assert describe_error(ValueError("labels shape (3, 5) ...")) == "labels shape (3, 5) ..."
+
+
+def test_fine_tuning_shows_the_starting_model_at_once(data):
+    from napari_unet.checkpoint import TrainedModel
+    from napari_unet.config import preset
+    from napari_unet.model import UNet
+    from napari_unet.training import TrainingConfig
+
+    image, labels = data
+    start = TrainedModel(UNet(preset("tiny")).eval())
+    config = TrainingConfig(iterations=4, batch_size=2, patch_size=24, device="cpu", val_every=2)
+    request = TrainRequest(image, labels, config, init=start, preview_every=10, preview_z=lambda: 3)
+    items, outcome = drain(train_job(request, threading.Event()))
+    assert isinstance(items[0], TrainStarted)
+    first = items[1]  # before any training event: the starting model's view of slice 3
+    assert isinstance(first, PreviewUpdate) and first.iteration == 0 and first.z == 3
+    assert isinstance(outcome, TrainOutcome)

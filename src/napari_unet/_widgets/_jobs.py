@@ -161,6 +161,14 @@ def train_job(
         trainer.cancel()
     yield TrainStarted(trainer.summary(), tuple(trainer.reinitialised))
     device = str(trainer.device)
+    if request.preview_every and request.init is not None and not cancel.is_set():
+        # fine-tuning starts from a model that already segments: show what it does
+        # now, seconds after Start, instead of after the first N iterations
+        z = request.preview_z()
+        labels = predict_slice(
+            trainer.snapshot(), request.image, z, device=device, batch_size=request.config.batch_size
+        )
+        yield PreviewUpdate(z, labels, trainer.start_iteration)
     n_events = 0
     last: TrainEvent | None = None
     # closed explicitly: a worker aborted between two events must still stop the

@@ -11,12 +11,17 @@ training or the event loop.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 _REDRAW_MS = 250
+#: A redraw holds napari's event loop for its whole duration (matplotlib draws on the
+#: main thread: ~60 ms idle, ~190 ms while training shares the cores), so the next one
+#: waits at least this many times as long: the plot takes at most ~1/8 of the main thread.
+_DRAW_DUTY = 8
 
 
 class TrainingPlot(QWidget):
@@ -77,6 +82,7 @@ class TrainingPlot(QWidget):
         self.val_metrics: list[float] = []
         self._total = 1
         self._dirty = False
+        self._next_draw = 0.0  # perf_counter time before which the timer does not redraw
         self._timer = QTimer(self)
         self._timer.setInterval(_REDRAW_MS)
         self._timer.timeout.connect(self._redraw_if_dirty)
@@ -121,8 +127,21 @@ class TrainingPlot(QWidget):
 
     # -- drawing --------------------------------------------------------------
     def _redraw_if_dirty(self) -> None:
-        if self._dirty:
-            self.redraw()
+        """The timer's redraw: only when there is news, the plot is on screen (not in a
+        hidden tab) and the last draw's cost has been paid back (see ``_DRAW_DUTY``)."""
+        if not self._dirty or not self.isVisible() or time.perf_counter() < self._next_draw:
+            return
+        started = time.perf_counter()
+        self.redraw()
+        self.canvas.draw()  # now, to measure it (draw_idle would draw later, unmeasured)
+        took = time.perf_counter() - started
+        self._next_draw = time.perf_counter() + max(_REDRAW_MS / 1000, _DRAW_DUTY * took)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        """Catch up when the tab with the plot is shown again."""
+        super().showEvent(event)
+        self._next_draw = 0.0
+        self._redraw_if_dirty()
 
     def redraw(self) -> None:
         """Draw now (the timer calls this at most every 250 ms while points arrive)."""
