@@ -161,3 +161,29 @@ def test_plot_spans_what_ran_and_all_of_the_loss(qtbot):
     plot.image_rgba()
     assert 40 <= plot._ax.get_xlim()[1] <= 45
     assert any(t.get_text().strip() for t in plot._ax.get_xticklabels())
+
+
+def test_live_plot_updates_curves_without_redrawing_the_axes(qtbot):
+    from napari_unet._widgets._plot import TrainingPlot
+
+    plot = TrainingPlot()
+    qtbot.addWidget(plot)
+    plot.resize(400, 250)
+    plot.show()
+    qtbot.waitExposed(plot)
+    plot.reset(500)
+    plot._timer.stop()  # the test drives the updates
+    plot.image_rgba()
+    full = plot.full_draws
+    for i in range(1, 301):
+        plot.add_point(i, 1.0 / i**0.5, 0.5 if i % 25 == 0 else None)
+        plot._next_draw = 0.0  # no waiting between full draws in the test
+        plot._redraw_if_dirty()
+    # the x axis doubles each time it is outgrown: a handful of full draws for 300 points
+    assert plot.full_draws - full <= 12
+    x0, x1 = plot._ax.get_xlim()
+    assert x0 == 0 and 300 <= x1 <= 900
+    assert list(plot._loss_line.get_xdata())[-1] == 300
+    plot.redraw()  # the end of a run: exact fit
+    plot.image_rgba()
+    assert 300 <= plot._ax.get_xlim()[1] <= 315

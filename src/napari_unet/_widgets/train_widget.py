@@ -552,6 +552,7 @@ class TrainWidget(JobWidget):
 
     def _on_train_event(self, event: Any) -> None:
         if event.done:
+            self.plot.redraw()  # axes fitted exactly to what ran
             return
         self.set_progress(event.iteration)
         self.plot.add_point(event.iteration, event.loss, event.val_metric)
