@@ -1,0 +1,140 @@
+"""One pass of the training loop, step by step: what :meth:`Trainer.__iter__` drives.
+
+A :class:`TrainingRun` holds what exists only while a run goes: the network on
+the device, the optimiser, the batch feed, the timing and the best validation
+Dice seen. It calls back into its :class:`~napari_unet.training.Trainer` for the
+learning rate, the step and validation (``Trainer._validate`` is replaced in
+tests), and writes the trainer's kept weights, history and result.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from typing import TYPE_CHECKING
+
+import torch
+
+from . import devices
+from .kept_weights import KeptWeights, cpu_state
+from .losses import get_loss
+from .training_config import TrainEvent
+from .training_step import BatchFeed, Throughput
+
+if TYPE_CHECKING:
+    from .training import Trainer
+
+__all__ = ["TrainingRun"]
+
+
+class TrainingRun:
+    """The state of one run of ``trainer``; set up on construction, torn down by :meth:`close`."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = tr = trainer
+        cfg, dev = tr.config, tr.device
+        model = self.model = tr.model.to(dev)
+        self.channels_last = dev.type == "cuda"
+        if self.channels_last:
+            model = self.model = model.to(memory_format=torch.channels_last)
+        model.train()
+        opt = self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        if tr._optimizer_state is not None:
+            opt.load_state_dict(tr._optimizer_state)
+        amp_dtype = devices.autocast_dtype(dev) if cfg.amp else None
+        self.scaler = devices.grad_scaler(dev, amp_dtype)
+        self.loss_fn = get_loss(cfg.loss)
+        torch.manual_seed(cfg.seed + tr.start_iteration)
+
+        sampler = tr._sampler()
+        self.feed = BatchFeed(
+            sampler, cfg.iterations - tr.start_iteration, batch_size=cfg.batch_size,
+            prefetch=cfg.prefetch, pin=dev.type == "cuda",
+        )
+        self.best_metric: float | None = None  # the best validation Dice seen
+        self.t0 = time.perf_counter()
+        self.throughput = Throughput(self.t0)
+        self.last: TrainEvent | None = None
+
+    def consider(self, val: float, iteration: int) -> bool:
+        """Keep the current weights if ``Trainer._keep`` says so; returns whether it did."""
+        tr = self.trainer
+        if not tr._keep(val, self.best_metric):
+            return False
+        best = self.best_metric
+        self.best_metric = val if best is None or math.isnan(best) else max(best, val)
+        tr.kept = KeptWeights(cpu_state(self.model.state_dict()), cpu_state(self.opt.state_dict()), iteration, val)
+        return True
+
+    def iteration(self, it: int) -> TrainEvent:
+        """Train on one batch at (0-based) iteration ``it``, validating when due."""
+        tr = self.trainer
+        cfg = tr.config
+        x, t, w = (b.to(tr.device, non_blocking=True) for b in self.feed.get())
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        lr = cfg.learning_rate * tr._lr_factor(it)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss_value, notice = tr._step(self.model, (x, t, w), self.opt, self.scaler, self.loss_fn)
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"training diverged at iteration {it + 1} (loss {loss_value}); lower the learning rate"
+            )
+        now = time.perf_counter()
+        rate = self.throughput.add(now, cfg.batch_size)
+        val = None
+        is_best = False
+        if (it + 1) % tr.val_every == 0 or it + 1 == cfg.iterations:
+            val = tr._validate()
+            is_best = self.consider(val, it + 1)
+        if notice is not None:
+            tr.notices.append(notice)
+        self.last = TrainEvent(
+            notice=notice, iteration=it + 1, total=cfg.iterations, loss=loss_value, lr=lr,
+            patches_per_s=rate, elapsed_s=now - self.t0, val_metric=val,
+            best_metric=self.best_metric, is_best=is_best,
+        )
+        tr.history.append(self.last)
+        return self.last
+
+    def finish(self) -> TrainEvent:
+        """Settle the kept weights into the trainer's model and result; the final event."""
+        tr = self.trainer
+        last = self.last
+        cancelled = tr._cancel.is_set()
+        done_it = last.iteration if last is not None else tr.start_iteration
+        if cancelled and last is not None and last.val_metric is None:
+            # validate the current weights once more so nothing better is lost
+            self.consider(tr._validate(), last.iteration)
+        if tr.kept is None:  # cancelled before the first iteration
+            tr.kept = KeptWeights(cpu_state(self.model.state_dict()), None, tr.start_iteration, None)
+        tr.model.load_state_dict(tr.kept.state)
+        tr.result = tr.kept_model(iterations_run=done_it)
+        final = TrainEvent(
+            iteration=done_it,
+            total=tr.config.iterations,
+            loss=last.loss if last else float("nan"),
+            lr=last.lr if last else 0.0,
+            patches_per_s=last.patches_per_s if last else 0.0,
+            elapsed_s=time.perf_counter() - self.t0,
+            val_metric=None,
+            best_metric=self.best_metric,
+            done=True,
+            cancelled=cancelled,
+        )
+        tr.history.append(final)
+        return final
+
+    def close(self) -> None:
+        """Stop the batch thread and hand the device's memory back (the model ends on the CPU)."""
+        self.feed.close()
+        del self.opt, self.scaler
+        tr = self.trainer
+        tr.model.to("cpu")
+        if self.channels_last:
+            tr.model.to(memory_format=torch.contiguous_format)
+        del self.model
+        gc.collect()
+        devices.release_memory(tr.device)

@@ -1,0 +1,67 @@
+"""Where a training run starts: a fresh network, a checkpoint to fine-tune, or a run to resume."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import TrainedModel, load_checkpoint, transfer_weights
+from .config import UNetConfig
+from .errors import CheckpointError
+from .model import UNet
+
+__all__ = ["StartingPoint", "starting_point"]
+
+
+@dataclass
+class StartingPoint:
+    """The network a run starts from and, when resuming, where its schedule stood."""
+
+    model: UNet
+    reinitialised: list[str] = field(default_factory=list)  # layers the checkpoint could not fill
+    start_iteration: int = 0
+    optimizer_state: dict[str, Any] | None = None
+
+
+def starting_point(
+    n_classes: int,
+    *,
+    model: UNetConfig | None,
+    init: str | Path | TrainedModel | None,
+    resume: bool,
+    iterations: int,
+    seed: int,
+) -> StartingPoint:
+    """The network for ``n_classes`` classes: from ``init`` (its architecture kept, the
+    head re-initialised when the classes differ) or, without one, a new ``model``
+    seeded with ``seed``. ``resume`` continues ``init``'s own run, which must have
+    run fewer than ``iterations``."""
+    if init is None:
+        if resume:
+            raise ValueError("resume needs a checkpoint to resume from (init=...)")
+        torch.manual_seed(seed)
+        return StartingPoint(UNet((model or UNetConfig()).with_classes(n_classes)))
+    base = load_checkpoint(init) if isinstance(init, (str, Path)) else init
+    if model is not None and model != base.config:
+        raise ValueError(
+            "give either a model config (train from scratch) or a checkpoint to start from, not both"
+        )
+    net = UNet(base.config.with_classes(n_classes))
+    skipped = transfer_weights(base.model, net)
+    if not resume:
+        return StartingPoint(net, skipped)
+    if skipped:
+        raise CheckpointError(
+            "cannot resume: the checkpoint was trained for different classes; "
+            "fine-tune from it instead (resume=False)"
+        )
+    start = int(base.training.get("iteration", 0))
+    if start >= iterations:
+        raise ValueError(
+            f"the checkpoint already ran {start} iterations; ask for more "
+            f"than that to resume (iterations={iterations})"
+        )
+    return StartingPoint(net, skipped, start, base.optimizer_state)
