@@ -40,8 +40,10 @@ class TrainingPlot(QWidget):
             figsize=(3.6, 2.2), dpi=90, layout="constrained", facecolor=c["background"]
         )
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(170)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
+        # a fixed height: a status line that wraps to one more line must not resize the
+        # canvas, since every resize is a full matplotlib redraw on napari's event loop
+        self.canvas.setFixedHeight(210)
+        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
