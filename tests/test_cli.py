@@ -299,3 +299,20 @@ def test_resume_keeps_the_whole_recipe(tmp_path, capsys, training_data):
     assert code == 0, err
     again = load_checkpoint(tmp_path / "again.pt").training_config()
     assert again == replace(recipe, iterations=5, learning_rate=2e-4)
+
+
+def test_resume_keeps_how_the_labels_were_read(tmp_path, capsys):
+    stack = synthetic_em_stack((3, 64, 64), seed=5)
+    scribbles = np.zeros(stack.image.shape, np.uint8)
+    scribbles[1] = np.where(stack.instances[1] > 0, 2, 1)  # 1 = background, 2 = cells
+    write_tiff(tmp_path / "img.tif", stack.image)
+    write_tiff(tmp_path / "lab.tif", scribbles)
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    code, _, err = run(capsys, "train", tmp_path / "img.tif", tmp_path / "lab.tif", "-o", first,
+                       *QUICK_TRAIN, "--mode", "scribbles", "--class-balance", "off")
+    assert code == 0, err
+    code, _, err = run(capsys, "train", tmp_path / "img.tif", tmp_path / "lab.tif", "-o", second,
+                       "--from", first, "--resume", "--iterations", "8")
+    assert code == 0, err
+    annotation = load_checkpoint(second).annotation
+    assert annotation.mode == "scribbles" and annotation.balance is False

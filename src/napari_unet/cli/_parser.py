@@ -121,14 +121,15 @@ def _add_train(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: tup
                    help="learning rate (default 1e-3 from scratch, 3e-4 when fine-tuning)")
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per iteration (default 4)")
     p.add_argument("--patch-size", type=int, metavar="PX", help="output patch edge in pixels (default 128)")
-    p.add_argument("--mode", choices=("dense", "scribbles"), default="dense",
-                   help="how the labels were painted (default: dense)")
+    p.add_argument("--mode", choices=("dense", "scribbles"), default=None,
+                   help="how the labels were painted (default: dense; with --resume: the run's)")
     p.add_argument("--ignore-id", type=int, metavar="ID", help="a label id meaning 'do not learn here'")
     p.add_argument("--boundary-class", action="store_true",
                    help="learn membranes between touching objects as a class of their own")
-    p.add_argument("--class-balance", choices=tuple(BALANCE_OPTIONS), default="auto",
-                   help="weight classes by inverse frequency (the paper's w_c); auto: for "
-                   "scribbles only, since painted slices already show the true proportions")
+    p.add_argument("--class-balance", choices=tuple(BALANCE_OPTIONS), default=None,
+                   help="weight classes by inverse frequency (the paper's w_c); auto (the "
+                   "default; with --resume: the run's): for scribbles only, since painted "
+                   "slices already show the true proportions")
     p.add_argument("--device", choices=devices, default="auto", help="where to train (default: auto)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (default 0)")
     p.add_argument("--resume", action="store_true",

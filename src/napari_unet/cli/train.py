@@ -120,15 +120,16 @@ def _starting_point(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
 def _training_config(args: argparse.Namespace, init: Any) -> Any:
     """The TrainingConfig from the flags, over the resumed run's recipe (with --resume)."""
-    from dataclasses import fields
+    from dataclasses import fields, replace
 
     from ..annotations import AnnotationSettings
     from ..training import TrainingConfig
 
     base: dict[str, Any] = {}
+    recipe = None
     if args.resume and init is not None:
         # continue the run with its whole recipe (augmentation and normalisation included)
-        # unless told otherwise; the annotation flags and --device below always apply
+        # unless told otherwise; --device always applies
         from ..training import HARDWARE_FIELDS
 
         recipe = init.training_config()
@@ -147,9 +148,14 @@ def _training_config(args: argparse.Namespace, init: Any) -> Any:
         from ..config import FINETUNE_LEARNING_RATE
 
         base["learning_rate"] = FINETUNE_LEARNING_RATE  # fine-tuning: keep what the model knows
-    annotation = AnnotationSettings(
-        mode=args.mode, ignore_id=args.ignore_id, boundary_class=args.boundary_class,
-        balance=BALANCE_OPTIONS[args.class_balance],
+    # a resumed run keeps how its labels were read unless a flag says otherwise
+    saved = recipe.annotation if recipe is not None else AnnotationSettings()
+    annotation = replace(
+        saved,
+        mode=args.mode or saved.mode,
+        ignore_id=args.ignore_id if args.ignore_id is not None else saved.ignore_id,
+        boundary_class=args.boundary_class or saved.boundary_class,
+        balance=BALANCE_OPTIONS[args.class_balance] if args.class_balance else saved.balance,
     )
     config = TrainingConfig(annotation=annotation, device=args.device, **base)
     return config
