@@ -1,6 +1,10 @@
-"""Words the panels show for the engine's options: one place, so Segment and Batch agree."""
+"""Words and widgets the panels show for the engine's options: one place, so Segment and Batch agree."""
 
 from __future__ import annotations
+
+from typing import Any, Callable
+
+from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
 
 from ..prediction_settings import INSTANCE_METHODS
 
@@ -18,3 +22,85 @@ INSTANCE_METHOD_TOOLTIP = (
     "watershed also cuts objects joined by a narrow neck. fill boundaries: objects grow over "
     "the boundary pixels until they touch (membrane-stained EM)."
 )
+
+
+# -- the option widgets Segment and Batch share: built here so both show the same texts --
+_TILE_TOOLTIP = (
+    "Output tile edge. Bigger tiles are faster but need more memory; it is rounded "
+    "to a size the network accepts. "
+)
+
+
+def model_combo(choices: Callable[..., Any]) -> ComboBox:
+    """Where the model comes from (``choices``: see ``model_source_choices``)."""
+    return ComboBox(label="model", choices=choices)
+
+
+def checkpoint_edit() -> FileEdit:
+    """The checkpoint file, shown when the model source is "checkpoint file"."""
+    return FileEdit(label="checkpoint", mode="r", filter="*.pt", visible=False)
+
+
+def device_combo() -> ComboBox:
+    """Every device name, marked with what was detected; "auto" picks the best one."""
+    from ._common import device_choices
+
+    return ComboBox(label="device", choices=device_choices(), value="auto")
+
+
+def tile_size_spin(*, auto: bool, value: int = 0) -> SpinBox:
+    """Tile edge in pixels. With ``auto`` its minimum (0) reads "auto": the engine chooses.
+
+    Without it the panel sets a legal size itself once a model is chosen.
+    """
+    spin = SpinBox(
+        label="tile size (px)",
+        min=0 if auto else 16,
+        max=8192,
+        step=16,
+        value=0 if auto else value,
+        tooltip=_TILE_TOOLTIP
+        + ("'auto'" if auto else "The default")
+        + " suits the model and device.",
+    )
+    if auto:
+        from ._common import show_auto_at_minimum
+
+        show_auto_at_minimum(spin)
+    return spin
+
+
+def batch_size_spin() -> SpinBox:
+    return SpinBox(label="batch size", min=1, max=256, value=4, tooltip="Tiles per forward pass.")
+
+
+def tta_check() -> CheckBox:
+    return CheckBox(
+        text="test-time augmentation (8x slower)",
+        value=False,
+        label="",
+        tooltip="Average over the 8 flips/rotations of each tile: slightly more accurate.",
+    )
+
+
+def instance_method_combo() -> ComboBox:
+    """How objects are separated; shown only when instances are asked for."""
+    return ComboBox(
+        label=INSTANCE_METHOD_LABEL,
+        choices=INSTANCE_METHOD_CHOICES,
+        value="components",
+        visible=False,
+        tooltip=INSTANCE_METHOD_TOOLTIP,
+    )
+
+
+def min_size_spin() -> SpinBox:
+    """Smallest object kept; shown only when instances are asked for."""
+    return SpinBox(
+        label="min object size (px)",
+        min=0,
+        max=100_000_000,
+        value=0,
+        visible=False,
+        tooltip="Objects smaller than this (pixels per slice) are removed from the instances.",
+    )

@@ -7,36 +7,33 @@ napari injects the viewer through the ``napari.viewer.Viewer`` annotation of
 
 A job runs in a napari ``thread_worker``: the Start button becomes Cancel,
 a napari progress bar appears in the activity dock, and every value the job
-yields is handled here on the main thread. Inputs are validated before Start
-is enabled and the reason is shown in a status line under the button.
+yields is handled on the main thread (:mod:`._job_runner`). Inputs are
+validated before Start is enabled and the reason is shown in a status line
+under the button (:mod:`._job_status`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
-from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from magicgui.widgets import Container, Label, ProgressBar, PushButton, Widget
+from magicgui.widgets import Container, Label, ProgressBar, PushButton
 from qtpy.QtCore import QTimer
 
+from ._job_runner import JobRunnerMixin
+from ._job_status import REVALIDATE_MS, JobStatusMixin
 from ._state import unwrap_viewer
 
 if TYPE_CHECKING:
     import napari
-    from napari.layers import Layer
-    from napari.qt.threading import GeneratorWorker
 
     from ..checkpoint import TrainedModel
 
 logger = logging.getLogger(__name__)
 
-_COLORS = {"info": "", "ok": "#6aa84f", "warn": "#e3b617", "error": "#ff6b6b"}
-#: Re-validation after layer edits waits this long for painting to pause.
-REVALIDATE_MS = 300
+__all__ = ["REVALIDATE_MS", "JobWidget"]
 
 
 def device_choices() -> list[tuple[str, str]]:
@@ -189,8 +186,13 @@ class CheckpointCache:
         return loaded
 
 
-class JobWidget(Container):
-    """Base class: viewer, status line, progress, Start/Cancel button running a job."""
+class JobWidget(JobRunnerMixin, JobStatusMixin, Container):
+    """Base class: viewer, status line, progress, Start/Cancel button running a job.
+
+    The worker machinery is :class:`._job_runner.JobRunnerMixin`, the status line
+    and validation :class:`._job_status.JobStatusMixin`; this class builds the
+    shared widgets, docks the panel, and declares what each panel provides.
+    """
 
     def __init__(self, viewer: napari.viewer.Viewer, *, start_text: str) -> None:
         # scrollable: a panel taller than the screen scrolls instead of forcing napari's
@@ -201,19 +203,8 @@ class JobWidget(Container):
         self.native.setFrameShape(QFrame.Shape.NoFrame)
         self.viewer = unwrap_viewer(viewer)
         self._start_text = start_text
-        self._worker: GeneratorWorker | None = None
-        self._cancel_event: threading.Event | None = None
-        self._pbar: Any = None
-        self.problem: str | None = None
-        self._watched: dict[str, list[tuple[Any, Callable[..., None]]]] = {}
-        self.status_level = "info"
-        self._pending: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
-        self._dispatching = False
-        self._stop_on_close: Callable[..., None] | None = None
-        self._revalidate_timer = QTimer(self.native)
-        self._revalidate_timer.setSingleShot(True)
-        self._revalidate_timer.setInterval(REVALIDATE_MS)
-        self._revalidate_timer.timeout.connect(self.revalidate)
+        self._init_runner()
+        self._init_status(self.native)
 
         self.start = PushButton(text=start_text, label="")
         self.start.changed.connect(self._on_start_clicked)
@@ -285,166 +276,7 @@ class JobWidget(Container):
                 w.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
                 w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
-    # -- status ---------------------------------------------------------------
-    def set_status(self, text: str, level: str = "info") -> None:
-        """Show ``text`` under the button; ``level`` picks the colour (error = red)."""
-        logger.debug("%s status [%s]: %s", type(self).__name__, level, text)
-        self.status.value = text
-        color = _COLORS.get(level, "")
-        self.status.native.setStyleSheet(f"color: {color};" if color else "")
-        self.status_level = level
-
-    # -- validation -----------------------------------------------------------
-    def schedule_revalidate(self, *_: Any) -> None:
-        """Re-check inputs once painting pauses (cheap, but not on every brush dab)."""
-        self._revalidate_timer.start()
-
-    def revalidate(self, *_: Any) -> str | None:
-        """Check the inputs now; enable Start only when there is no problem."""
-        if self.running:
-            return self.problem
-        try:
-            self.problem = self.find_problem()
-        except (
-            ValueError,
-            TypeError,
-            IndexError,
-            KeyError,
-        ) as exc:  # never let a check crash the GUI
-            logger.debug("validation failed", exc_info=True)
-            self.problem = f"Cannot check the inputs: {exc}"
-        self.start.enabled = self.problem is None
-        if self.problem is not None:
-            self.set_status(self.problem, "error")
-        else:
-            self.set_status(self.ready_message(), "info")
-        return self.problem
-
-    def find_problem(self) -> str | None:  # pragma: no cover - overridden
-        return None
-
-    def ready_message(self) -> str:
-        return "Ready."
-
-    def watch_layer(
-        self,
-        key: str,
-        layer: Layer | None,
-        *event_names: str,
-        callback: Callable[..., None] | None = None,
-    ) -> None:
-        """Call ``callback`` (default: a delayed re-validation) when ``layer`` changes.
-
-        ``key`` names the slot ("image", "annotation"): watching a new layer in a
-        slot stops watching the previous one.
-        """
-        for emitter, previous in self._watched.pop(key, []):
-            emitter.disconnect(previous)
-        if layer is None:
-            return
-        callback = callback or self.schedule_revalidate
-        emitters = [getattr(layer.events, name, None) for name in event_names]
-        self._watched[key] = [(e, callback) for e in emitters if e is not None]
-        for emitter, cb in self._watched[key]:
-            emitter.connect(cb)
-
-    # -- jobs -----------------------------------------------------------------
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
-    def input_widgets(self) -> list[Widget]:
-        """Widgets disabled while a job runs (the settings it was started with)."""
-        keep = {id(self.start), id(self.progress), id(self.status)}
-        return [w for w in self if id(w) not in keep]
-
-    def run_job(
-        self, job: Callable[..., Any], request: Any, *, total: int, desc: str
-    ) -> GeneratorWorker:
-        """Start ``job(request, cancel_event)`` in a worker thread; Start becomes Cancel."""
-        from napari.qt.threading import create_worker
-        from napari.utils import progress
-
-        self._cancel_event = threading.Event()
-        worker = create_worker(job, request, self._cancel_event, _start_thread=False)
-
-        # values reach the handlers only while this worker is the widget's current job
-        def relay(handler: Callable[..., None]) -> Callable[..., None]:
-            def deliver(*args: Any) -> None:
-                if self._worker is worker:
-                    self._dispatch(handler, *args)
-
-            return deliver
-
-        worker.yielded.connect(relay(self.on_yielded))
-        worker.returned.connect(relay(self.on_returned))
-        worker.errored.connect(relay(self._on_errored))
-        worker.finished.connect(relay(self._on_finished))
-        self._worker = worker
-        self._pbar = progress(total=total, desc=desc)
-        self.progress.max = max(1, total)
-        self.progress.value = 0
-        self.progress.visible = True
-        for w in self.input_widgets():
-            w.enabled = False
-        self.start.text = "Cancel"
-        self.start.enabled = True
-        # closing the window mid-run stops the job (and frees its GPU memory) instead of
-        # leaving it running for a widget that no longer exists
-        cancel_event = self._cancel_event
-
-        def stop_on_close(*_: Any) -> None:
-            cancel_event.set()
-            worker.quit()
-            self._worker = None  # the Qt widgets are gone: drop the job's last signals
-            if self._pbar is not None:
-                self._pbar.close()
-                self._pbar = None
-
-        self._stop_on_close = stop_on_close
-        self.native.destroyed.connect(stop_on_close)
-        worker.start()
-        return worker
-
-    def _dispatch(self, handler: Callable[..., None], *args: Any) -> None:
-        """Run job handlers one at a time, in the order the worker sent them.
-
-        napari's progress bar and notifications call ``processEvents``, so a
-        handler can be re-entered by the worker's next signal (even "finished")
-        before it returns; queueing keeps each handler atomic.
-        """
-        self._pending.append((handler, args))
-        if self._dispatching:
-            return
-        self._dispatching = True
-        try:
-            while self._pending:
-                next_handler, next_args = self._pending.popleft()
-                try:
-                    next_handler(*next_args)
-                except Exception:  # a GUI bug must not leave the widget stuck in "running"
-                    logger.exception(
-                        "napari-unet: error in %s", getattr(next_handler, "__name__", next_handler)
-                    )
-        finally:
-            self._dispatching = False
-
-    def set_progress(self, done: int) -> None:
-        """Move both progress bars (the widget's and napari's activity dock) to ``done``."""
-        self.progress.value = min(int(done), self.progress.max)
-        if self._pbar is not None:
-            delta = int(done) - int(self._pbar.n)
-            if delta > 0:
-                self._pbar.update(delta)
-
-    def cancel(self) -> None:
-        """Ask the running job to stop; it finishes its step and keeps what it made."""
-        if self._cancel_event is not None and not self._cancel_event.is_set():
-            self._cancel_event.set()
-            self.start.text = "Cancelling..."
-            self.start.enabled = False
-            self.set_status("Cancelling after the current step...", "warn")
-
+    # -- what each panel provides -------------------------------------------------
     def _on_start_clicked(self, *_: Any) -> None:
         if self.running:
             self.cancel()
@@ -466,31 +298,6 @@ class JobWidget(Container):
 
         self.set_status(message, "error")
         show_error(f"napari-unet: {message}")
-
-    def _on_errored(self, exc: BaseException) -> None:
-        # napari's worker already shows the exception (with traceback) as a notification
-        logger.error("napari-unet job failed", exc_info=(type(exc), exc, exc.__traceback__))
-        self.set_status(f"Failed: {type(exc).__name__}: {exc}", "error")
-
-    def _on_finished(self) -> None:
-        logger.debug("%s job finished", type(self).__name__)
-        if self._stop_on_close is not None:
-            self.native.destroyed.disconnect(self._stop_on_close)
-            self._stop_on_close = None
-        self._worker = None
-        self._cancel_event = None
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
-        self.progress.visible = False
-        for w in self.input_widgets():
-            w.enabled = True
-        self.start.text = self._start_text
-        keep = self.status.value, getattr(self, "status_level", "info")
-        self.after_job()
-        problem = self.revalidate()
-        if problem is None:  # keep the job's final message rather than "Ready"
-            self.set_status(*keep)
 
     def after_job(self) -> None:
         """Hook: restore widget state (visibility of optional fields) after a job."""
