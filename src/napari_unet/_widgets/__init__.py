@@ -15,6 +15,9 @@ Layout of this sub-package:
 - ``_plot``: the live loss / validation plot (matplotlib in a Qt canvas).
 - ``_common``: the base class the panels share (status line, device
   choices, running a job with a Start/Cancel button).
-- ``_choices``: the words the panels show for engine options (one place).
-- ``train_widget``, ``segment_widget``, ``batch_widget``: the three panels.
+- ``_job_runner``, ``_job_status``, ``_job_model_source``: the parts of that base
+  class (worker start/cancel/delivery; status and revalidation; model choice).
+- ``_choices``: the words and the option widgets Segment and Batch share (one place).
+- ``train_widget``, ``segment_widget``, ``batch_widget``: the three panels, each
+  composed of its ``_train_*``, ``_segment_*`` and ``_batch_*`` parts.
 """
