@@ -38,7 +38,6 @@ from .normalization import Normalization
 if TYPE_CHECKING:
     import numpy as np
 
-    from .inference import Prediction
     from .training import TrainingConfig
 
 FORMAT = "napari-unet-checkpoint"
@@ -83,11 +82,15 @@ class TrainedModel:
     def n_classes(self) -> int:
         return self.model.config.n_classes
 
-    def predict(self, image: np.ndarray, **kwargs: Any) -> Prediction:
-        """Shortcut for :func:`napari_unet.predict` with this model."""
-        from .inference import predict
+    def predict(self, image: np.ndarray, **kwargs: Any) -> Any:
+        """Shortcut for :func:`napari_unet.predict` with this model (a ``Prediction``).
 
-        return predict(self, image, **kwargs)
+        Goes through the package's public API: the checkpoint module stays below
+        prediction (inference imports checkpoint, never the other way round).
+        """
+        import napari_unet
+
+        return napari_unet.predict(self, image, **kwargs)
 
     def save(self, path: str | os.PathLike, *, half: bool = False, include_optimizer: bool = True) -> Path:
         return save_checkpoint(self, path, half=half, include_optimizer=include_optimizer)
