@@ -212,6 +212,40 @@ def test_cli_full_disk_at_the_end_keeps_the_model(tmp_path, capsys, monkeypatch,
     assert list(out_dir.iterdir()) == []
 
 
+def test_cli_training_that_fails_midway_keeps_the_validated_model(
+    tmp_path, capsys, monkeypatch, training_data
+):
+    from napari_unet import training
+
+    image, labels = training_data
+    step = training.Trainer._step
+
+    def diverge_late(self, *args, **kwargs):
+        if self.kept is not None:  # after the first validation: the run "diverges"
+            raise FloatingPointError("training diverged at iteration 5 (loss nan)")
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.Trainer, "_step", diverge_late)
+    out = tmp_path / "model.pt"
+    code, _, err = run(capsys, "train", image, labels, "-o", out, *QUICK_TRAIN, "--iterations", "12")
+    assert code == 1 and "Traceback" not in err
+    assert "diverged" in err and str(out) in err
+    kept = load_checkpoint(out)
+    assert "diverged" in kept.training["stopped_by_error"]
+
+
+def test_save_model_never_replaces_a_file_the_user_did_not_name(tmp_path):
+    from napari_unet._saving import DestinationExists, check_destination
+
+    other = tmp_path / "mito.pt"
+    other.write_bytes(b"someone's model")
+    chosen = tmp_path / "mito.v2"  # the panel completes this to mito.v2.pt, not mito.pt
+    path = chosen if chosen.suffix == ".pt" else chosen.with_name(chosen.name + ".pt")
+    assert path.name == "mito.v2.pt"
+    with pytest.raises(DestinationExists):
+        check_destination(other, overwrite=other == chosen)
+
+
 # ------------------------------------------------------------- second Ctrl-C
 
 

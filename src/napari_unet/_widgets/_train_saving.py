@@ -36,12 +36,14 @@ class TrainSaving:
         if empty_path(self.save_path.value):
             self.set_status("Choose where to save the model ('save model as').", "error")
             return None
-        path = Path(self.save_path.value)
-        if path.suffix != ".pt":
-            path = path.with_suffix(".pt")
+        chosen = Path(self.save_path.value)
+        # "mito.v2" becomes "mito.v2.pt", not "mito.pt": never a file the user did not name
+        path = chosen if chosen.suffix == ".pt" else chosen.with_name(chosen.name + ".pt")
         kept = "The model is kept in memory: choose another place and press Save model again."
         try:
-            check_destination(path, overwrite=True)  # the file dialog asks before replacing
+            # the file dialog asks before replacing the file it returns; a name we
+            # completed was never shown to the user, so it is not replaced
+            check_destination(path, overwrite=path == chosen)
             saved = save_with_fallback(self.trained, path)
         except DestinationError as exc:
             self.report_error(f"Could not save the model: {exc}. {kept}")

@@ -64,7 +64,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"annotated slices {info['annotated_slices']}, validation on {info['validation']}, "
             f"{config.iterations} iterations."
         )
-        result = _run_training(trainer)
+        try:
+            result = _run_training(trainer)
+        except Exception as exc:  # noqa: BLE001 (the model so far matters more than the type)
+            # diverged or out of memory at iteration 4000: keep what was validated so far
+            return _save_after_failure(trainer, out, exc)
     finally:
         reader.close()
     trained, final = result
@@ -92,6 +96,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _save_after_failure(trainer: Any, out: Path, exc: BaseException) -> int:
+    """Training stopped on an error: save the weights kept at the last validation, if any."""
+    from .._saving import ModelNotSaved, save_with_fallback
+
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    kept = trainer.kept_model(stopped_by_error=reason)
+    if kept is None:
+        raise exc
+    try:
+        saved = save_with_fallback(kept, out)
+    except ModelNotSaved as not_saved:
+        raise CLIError(f"training stopped ({reason}) and {not_saved}") from None
+    _err(
+        f"{PROG}: error: training stopped at an error ({reason}); the model as validated at "
+        f"iteration {kept.training['iteration']} was saved to {saved.path}."
+    )
+    return EXIT_FAILED
 
 
 def _starting_point(args: argparse.Namespace) -> tuple[Any, Any, str]:
