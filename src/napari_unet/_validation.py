@@ -85,6 +85,12 @@ def check_labels(labels: Any, image_shape: tuple[int, ...], name: str = "labels"
 
 
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    """``value`` as an int >= ``minimum``; 2.5, "abc" and True are errors, not truncated.
+
+    A whole float (256.0 from a spin box or a JSON file) is fine.
+    """
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
     return int(value)

@@ -49,7 +49,6 @@ import numpy as np
 from . import __version__
 from ._atomic import remove_stale_temps, temp_beside
 from ._validation import as_stack
-from .devices import is_out_of_memory, release_memory
 from .errors import Cancelled
 from .prediction_settings import INSTANCE_METHODS, PredictionSettings
 from .tiff_io import TIFF_SUFFIXES, TiffPageWriter, TiffSlices, write_tiff_pages
@@ -516,8 +515,6 @@ def segment_with_engine(
         raise
     except Exception as exc:  # one bad file must not stop the batch: report it and go on
         logger.debug("segmenting %s failed", path, exc_info=True)
-        if is_out_of_memory(exc) or isinstance(exc, MemoryError):
-            release_memory(engine.engine.device)  # the next file starts with a clean device
         return FileResult(path, "failed", committed, _reason(exc), time.perf_counter() - t0)
     finally:
         for writer in writers.values():

@@ -10,10 +10,13 @@ validated once, at the edge, with a message a user can act on.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from ._validation import check_positive_int
 
 #: How objects are separated in a foreground mask (see ``postprocess.instance_labels``):
 #: the one list the engine, CLI, panels and docs offer.
@@ -22,20 +25,9 @@ INSTANCE_METHODS = ("components", "watershed", "fill")
 PROBABILITY_GUIDED = ("watershed", "fill")
 #: Device names a user can give (``"cuda:1"`` style indices are accepted too).
 DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 #: Arithmetic a user can ask prediction to run in (see ``devices.prediction_dtype``).
 PRECISION_CHOICES = ("auto", "float32", "bfloat16")
-
-
-def whole_number(value: Any, name: str, minimum: int = 1) -> int:
-    """``value`` as an int >= ``minimum``; 2.5, "abc" and True are errors, not truncated."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, (float, np.floating)) and float(value).is_integer():
-            value = int(value)  # 256.0 from a spin box or a JSON file is fine
-        else:
-            raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
-    return int(value)
 
 
 @dataclass(frozen=True)
@@ -80,9 +72,9 @@ class PredictionSettings:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
         if self.tile_size is not None:
-            set_(self, "tile_size", whole_number(self.tile_size, "tile_size"))
-        set_(self, "batch_size", whole_number(self.batch_size, "batch_size"))
-        set_(self, "min_size", whole_number(self.min_size, "min_size", minimum=0))
+            set_(self, "tile_size", check_positive_int(self.tile_size, "tile_size"))
+        set_(self, "batch_size", check_positive_int(self.batch_size, "batch_size"))
+        set_(self, "min_size", check_positive_int(self.min_size, "min_size", minimum=0))
         for flag in ("tta", "amp", "probabilities", "instances"):
             value = getattr(self, flag)
             if not isinstance(value, (bool, np.bool_)):
@@ -92,10 +84,11 @@ class PredictionSettings:
             raise ValueError(
                 f"instance_method must be one of {INSTANCE_METHODS}, got {self.instance_method!r}"
             )
-        if not isinstance(self.device, str) or (
-            self.device.strip().lower().split(":")[0] not in DEVICE_CHOICES
-        ):
-            raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {self.device!r}")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device.strip().lower()):
+            raise ValueError(f"device must be one of {DEVICE_CHOICES} or 'cuda:N', got {self.device!r}")
+        set_(self, "device", self.device.strip().lower())
+        if isinstance(self.threshold, (bool, np.bool_)):
+            raise ValueError(f"threshold must be a number in [0, 1], got {self.threshold!r}")
         if self.threshold is not None:
             try:
                 threshold = float(self.threshold)

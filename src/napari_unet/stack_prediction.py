@@ -66,6 +66,7 @@ class PredictionEngine:
         self.trained = trained
         self.settings = settings
         self.device = resolve_device(settings.device)
+        self.closed = False
         self._own_copy = self.device.type != "cpu" or _on_other_device(trained.model, self.device)
         net = copy.deepcopy(trained.model) if self._own_copy else trained.model
         self.predictor = TilePredictor(
@@ -90,8 +91,15 @@ class PredictionEngine:
         self.predictor.should_stop = value
 
     def close(self) -> None:
-        """Drop the device copy of the weights and give cached GPU memory back."""
-        if self._own_copy and self.predictor.model is not None:
+        """Drop the device copy of the weights and give cached GPU memory back.
+
+        A closed engine refuses to predict on every device (not only where a
+        copy was dropped), so a use after close fails the same way everywhere.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        if self._own_copy:
             self.predictor.model = None  # type: ignore[assignment]
             release_memory(self.device)
 
@@ -146,6 +154,8 @@ class StackPrediction:
     def __iter__(self) -> Iterator[SlicePrediction]:
         from .postprocess import instance_labels, semantic_labels
 
+        if self.engine.closed:
+            raise RuntimeError("this PredictionEngine is closed; build a new one")
         settings = self.settings
         predictor = self.engine.predictor
         t0 = time.perf_counter()
