@@ -22,12 +22,10 @@ from ._validation import as_stack, check_finite, check_labels
 from .annotations import class_names_for, n_classes_for, prepare_slices
 from .checkpoint import TrainedModel
 from .config import FINETUNE_LEARNING_RATE, UNetConfig
-from .held_out import Split as _Split  # noqa: F401  (importable from here, as before)
 from .held_out import foreground_dice as foreground_dice
 from .held_out import held_out_dice
 from .held_out import split_slices as _split
 from .kept_weights import KeptWeights, replaces_kept
-from .kept_weights import cpu_state as _cpu_state  # noqa: F401  (importable from here, as before)
 from .model import UNet
 from .normalization import Normalization
 from .sampling import PatchSampler

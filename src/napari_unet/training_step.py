@@ -59,6 +59,7 @@ def optimiser_step(
     notice = None
     while True:
         n, step = x.shape[0], min(micro_batch, x.shape[0])
+        logits = loss = None
         try:
             opt.zero_grad(set_to_none=True)
             total = 0.0
@@ -79,14 +80,17 @@ def optimiser_step(
         except Exception as exc:
             if not devices.is_out_of_memory(exc) or step == 1:
                 raise
-            opt.zero_grad(set_to_none=True)
-            devices.release_memory(device)
-            micro_batch = max(1, step // 2)
-            notice = (
-                f"Out of {device.type} memory: training on {micro_batch} patch(es) "
-                f"per pass (the batch of {n} is split; the step is the same)."
-            )
-            logger.warning(notice)
+        # out of memory: free the failed pass (its graph and activations) before retrying;
+        # out here the exception's traceback no longer pins the frames that hold them
+        logits = loss = None  # noqa: F841
+        opt.zero_grad(set_to_none=True)
+        devices.release_memory(device)
+        micro_batch = max(1, step // 2)
+        notice = (
+            f"Out of {device.type} memory: training on {micro_batch} patch(es) "
+            f"per pass (the batch of {n} is split; the step is the same)."
+        )
+        logger.warning(notice)
 
 
 def batch_producer(
