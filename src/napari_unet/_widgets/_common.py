@@ -276,6 +276,11 @@ class JobWidget(JobRunnerMixin, JobStatusMixin, Container):
                 w.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
                 w.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
 
+    def pack_top(self) -> None:
+        """Rows at the top, the spare height below them (for panels with nothing that
+        should grow: otherwise a tall dock spreads the rows apart)."""
+        self.root_native_widget.widget().layout().addStretch(1)
+
     # -- what each panel provides -------------------------------------------------
     def _on_start_clicked(self, *_: Any) -> None:
         if self.running:

@@ -62,7 +62,7 @@ class TrainingPlot(QWidget):
         (self._loss_line,) = ax.plot([], [], color="#6fa8dc", lw=0.8, alpha=0.45)
         (self._smooth_line,) = ax.plot([], [], color="#6fa8dc", lw=1.6)
         (self._val_line,) = ax2.plot([], [], color="#f6b26b", lw=1.2, marker="o", ms=3)
-        self._ax, self._ax2 = ax, ax2
+        self._ax = ax
         # the curves are drawn over a cached picture of the axes ("blitting"): a live
         # update costs ~1 ms instead of a full redraw of text and ticks (60-190 ms)
         self._curves = (self._loss_line, self._smooth_line, self._val_line)
@@ -71,6 +71,8 @@ class TrainingPlot(QWidget):
         self._background: Any = None
         self.full_draws = 0  # how often the axes were redrawn (tests check it stays rare)
         self.canvas.mpl_connect("draw_event", self._on_full_draw)
+        # a picture of the axes taken at another size must not be pasted after a resize
+        self.canvas.mpl_connect("resize_event", self._forget_background)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         self._hint = ax.text(
@@ -90,7 +92,6 @@ class TrainingPlot(QWidget):
         self.smoothed: list[float] = []
         self.val_iterations: list[int] = []
         self.val_metrics: list[float] = []
-        self._total = 1
         self._dirty = False
         self._next_draw = 0.0  # perf_counter time before which the timer does not redraw
         self._timer = QTimer(self)
@@ -106,7 +107,6 @@ class TrainingPlot(QWidget):
         cancel at iteration 11 of 5000 the curves fill the plot instead of a
         sliver at its left edge.
         """
-        self._total = max(1, int(total))
         for series in (
             self.iterations,
             self.losses,
@@ -142,6 +142,9 @@ class TrainingPlot(QWidget):
         self._background = self.canvas.copy_from_bbox(self.figure.bbox)
         self._draw_curves()
 
+    def _forget_background(self, _event: Any = None) -> None:
+        self._background = None
+
     def _draw_curves(self) -> None:
         for curve in self._curves:
             curve.axes.draw_artist(curve)
@@ -175,7 +178,7 @@ class TrainingPlot(QWidget):
 
     def _limits_fit(self) -> bool:
         """Whether the current axis limits still show every point (and not as a sliver)."""
-        x0, x1 = self._ax.get_xlim()
+        _, x1 = self._ax.get_xlim()
         _, last = self.x_range()
         y0, y1 = self._ax.get_ylim()
         ylo, yhi = self.loss_range()

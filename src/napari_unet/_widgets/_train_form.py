@@ -242,6 +242,7 @@ class TrainForm(TrainFields):
             ]
         )
         self.tidy()
+        self.pack_top()
 
     def _fits_image(self, labels: Labels) -> bool:
         """Annotation candidates: same shape as the image and not a layer we made."""

@@ -132,6 +132,7 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
             ]
         )
         self.tidy()
+        self.pack_top()
         self.image.changed.connect(self._on_image_changed)
         self.model.changed.connect(self._on_model_changed)
         self.checkpoint.changed.connect(self._on_model_changed)
