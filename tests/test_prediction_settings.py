@@ -29,6 +29,8 @@ from napari_unet.tiff_io import read_tiff
         {"min_size": -1},
         {"instance_method": "magic"},
         {"device": "gpu"},
+        {"device": "cpu:junk"},
+        {"device": "auto:3"},
         {"threshold": 1.5},
         {"tta": "yes"},
     ],
@@ -158,3 +160,14 @@ def test_gpu_job_uses_its_own_copy():
         assert engine.predictor.model is not trained.model
         assert next(engine.predictor.model.parameters()).is_cuda
     assert next(trained.model.parameters()).device.type == "cpu"
+
+
+def test_a_closed_engine_refuses_to_predict_on_every_device():
+    from napari_unet.stack_prediction import PredictionEngine, StackPrediction
+
+    engine = PredictionEngine(tiny_model(), PredictionSettings(device="cpu"))
+    engine.close()
+    engine.close()  # twice is fine
+    with pytest.raises(RuntimeError, match="closed"):
+        list(StackPrediction(engine, np.zeros((1, 40, 40), np.float32)))
+    assert PredictionSettings(device=" CUDA:1 ").device == "cuda:1"
