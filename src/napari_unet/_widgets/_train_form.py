@@ -23,7 +23,8 @@ from magicgui.widgets import (
 )
 
 from ..config import FINETUNE_LEARNING_RATE, PRESETS
-from ._common import device_choices, layer_choices
+from ._choices import checkpoint_edit, device_combo
+from ._common import layer_choices
 from ._layers import is_ours, level0
 from ._plot import TrainingPlot
 
@@ -100,7 +101,7 @@ class TrainFields:
             choices=_start_from_choices(),
             value="builtin" if self._shipped is not None else "scratch",
         )
-        self.checkpoint = FileEdit(label="checkpoint", mode="r", filter="*.pt", visible=False)
+        self.checkpoint = checkpoint_edit()
         self.model_size = ComboBox(
             label="model size",
             choices=list(PRESETS),
@@ -118,7 +119,7 @@ class TrainFields:
             value=LR_FINETUNE if self._shipped is not None else LR_SCRATCH,
             tooltip="1e-3 trains a new model; 3e-4 fine-tunes one without losing what it knows.",
         )
-        self.device = ComboBox(label="device", choices=device_choices(), value="auto")
+        self.device = device_combo()
         self.device_warning = Label(label="", value="", visible=False)
         self.device_warning.native.setWordWrap(True)
         self.device_warning.native.setStyleSheet("color: #e3b617;")
