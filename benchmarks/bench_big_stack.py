@@ -79,8 +79,8 @@ def child(args: argparse.Namespace) -> None:
     """Segment ``args.input`` (up to ``args.max_slices`` slices) and print one JSON line."""
     import torch
 
-    from napari_unet.batch import BatchOptions, batch_segment_steps
     from napari_unet.errors import Cancelled
+    from napari_unet.prediction.batch import BatchOptions, batch_segment_steps
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -175,9 +175,9 @@ def main() -> None:
         if not args.model.exists():
             import torch
 
-            from napari_unet.checkpoint import TrainedModel
-            from napari_unet.config import preset
-            from napari_unet.model import UNet
+            from napari_unet.model.checkpoint import TrainedModel
+            from napari_unet.model.config import preset
+            from napari_unet.model.unet import UNet
 
             torch.manual_seed(0)
             TrainedModel(UNet(preset(args.preset))).save(args.model)

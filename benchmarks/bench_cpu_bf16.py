@@ -69,7 +69,7 @@ def normalised(trained: Any, stack: np.ndarray) -> np.ndarray:
 
 def speed(model: torch.nn.Module, image: np.ndarray, tile: int, batch: int, repeats: int) -> dict[str, Any]:
     """float32 vs bf16 on one slice, in alternating pairs; bf16's speed-up as the median ratio."""
-    from napari_unet.overlap_tile import TilePredictor
+    from napari_unet.prediction.overlap_tile import TilePredictor
 
     predictors = {p: TilePredictor(model, tile_size=tile, batch_size=batch, device="cpu", precision=p)
                   for p in PRECISIONS}
@@ -133,7 +133,7 @@ def accuracy_lucchi(trained: Any, image: np.ndarray, fg: np.ndarray) -> dict[str
 
 def finetune(trained: Any, image: np.ndarray, fg: np.ndarray, iterations: int, seed: int) -> Any:
     """The shipped model fine-tuned on Lucchi's painted slices 5 and 15 (float32, as training is)."""
-    from napari_unet.training import Trainer, TrainingConfig
+    from napari_unet.training.trainer import Trainer, TrainingConfig
 
     labels = painted_labels(fg, choose_slices(2), N_TRAIN)
     config = TrainingConfig(iterations=iterations, learning_rate=3e-4, seed=seed, device="cpu")
@@ -165,9 +165,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import napari_unet
     from napari_unet import devices
-    from napari_unet.config import preset
-    from napari_unet.model import UNet
-    from napari_unet.pretrained import default_checkpoint
+    from napari_unet.model.config import preset
+    from napari_unet.model.pretrained import default_checkpoint
+    from napari_unet.model.unet import UNet
 
     shipped = napari_unet.load_checkpoint(default_checkpoint())
     torch.manual_seed(args.seed)

@@ -294,8 +294,8 @@ class PreviewWatch:
 
 # -- the benchmark -------------------------------------------------------------------------
 def write_batch_inputs(folder: Path) -> None:
+    from napari_unet.io.tiff import write_tiff
     from napari_unet.synthetic import synthetic_em_stack
-    from napari_unet.tiff_io import write_tiff
 
     folder.mkdir(parents=True, exist_ok=True)
     for i, shape in enumerate(((4, 96, 96), (3, 128, 112))):

@@ -22,9 +22,9 @@ import time
 import numpy as np
 import torch
 
-from napari_unet.config import PRESETS, preset
-from napari_unet.model import UNet
-from napari_unet.overlap_tile import TilePredictor
+from napari_unet.model.config import PRESETS, preset
+from napari_unet.model.unet import UNet
+from napari_unet.prediction.overlap_tile import TilePredictor
 
 
 def whole_pass(model: UNet, image: np.ndarray) -> np.ndarray:

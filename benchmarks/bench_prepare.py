@@ -158,18 +158,18 @@ def time_phases(case: dict[str, Any], repeats: int, base: Any) -> dict[str, floa
     """Median seconds of each phase of ``Trainer.__init__``, and of the whole constructor."""
     from napari_unet import devices
     from napari_unet._validation import as_stack, check_labels
-    from napari_unet.annotations import (
+    from napari_unet.model.checkpoint import load_checkpoint, transfer_weights
+    from napari_unet.model.pretrained import default_checkpoint
+    from napari_unet.model.unet import UNet
+    from napari_unet.training.annotations import (
         AnnotationSettings,
         annotated_slices,
         dense_slice_target,
         n_classes_for,
         prepare_slices,
     )
-    from napari_unet.checkpoint import load_checkpoint, transfer_weights
-    from napari_unet.model import UNet
-    from napari_unet.pretrained import default_checkpoint
-    from napari_unet.training import Trainer, TrainingConfig, _split
-    from napari_unet.weightmap import boundary_weight_map
+    from napari_unet.training.trainer import Trainer, TrainingConfig, _split
+    from napari_unet.training.weightmap import boundary_weight_map
 
     settings = AnnotationSettings(mode=case["mode"])
     cfg = TrainingConfig(annotation=settings, device="cpu")
@@ -215,8 +215,8 @@ def time_phases(case: dict[str, Any], repeats: int, base: Any) -> dict[str, floa
 
 def profile(case: dict[str, Any], base: Any, top: int = 25) -> None:
     """cProfile of one fine-tuning ``Trainer(...)`` construction, by own time."""
-    from napari_unet.annotations import AnnotationSettings
-    from napari_unet.training import Trainer, TrainingConfig
+    from napari_unet.training.annotations import AnnotationSettings
+    from napari_unet.training.trainer import Trainer, TrainingConfig
 
     cfg = TrainingConfig(annotation=AnnotationSettings(mode=case["mode"]), device="cpu")
     Trainer(case["image"], case["labels"], cfg, init=base)  # warm-up
@@ -286,8 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from napari_unet.checkpoint import load_checkpoint
-    from napari_unet.pretrained import default_checkpoint
+    from napari_unet.model.checkpoint import load_checkpoint
+    from napari_unet.model.pretrained import default_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

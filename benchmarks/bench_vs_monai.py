@@ -4,7 +4,7 @@ Same network weights, same input stack, same precision, one process. Three
 set-ups run alternately on the whole stack, each with its own tuned tile edge
 and batch size (best of ``--tiles`` x ``--batch`` on one slice):
 
-* **napari-unet** (:class:`~napari_unet.overlap_tile.TilePredictor`). For a
+* **napari-unet** (:class:`~napari_unet.prediction.overlap_tile.TilePredictor`). For a
   valid-padding U-Net every output pixel is predicted once, from its real
   context: the slice is mirror-padded by the network's margin, tile origins
   sit on the pooling grid (multiples of ``2 ** depth``) and output tiles abut,
@@ -61,7 +61,7 @@ spent outside the network (a bare forward loop over the same number of tiles).
 
 Example::
 
-    python benchmarks/bench_vs_monai.py --checkpoint src/napari_unet/models/em_membranes_default.pt \\
+    python benchmarks/bench_vs_monai.py --checkpoint src/napari_unet/model/weights/em_membranes_default.pt \\
         --slices 2 --tiles 388 516 --batch 1 2 --repeats 3
     python benchmarks/bench_vs_monai.py --preset paper --device cuda --slices 16
     python benchmarks/bench_vs_monai.py --quick
@@ -164,7 +164,7 @@ def whole_pass(model: torch.nn.Module, stack: np.ndarray, device: torch.device,
 
 def run_ours(model: torch.nn.Module, stack: np.ndarray, tile: int, batch: int,
              device: torch.device, amp: bool = True) -> np.ndarray:
-    from napari_unet.overlap_tile import TilePredictor
+    from napari_unet.prediction.overlap_tile import TilePredictor
 
     predictor = TilePredictor(model, tile_size=tile, batch_size=batch, device=device, amp=amp)
     return predictor.predict(stack)
@@ -460,7 +460,7 @@ def compare(model: torch.nn.Module, stack: np.ndarray, tiles: list[int], batches
     except ImportError:  # pragma: no cover - the runners above needed it
         pass
     if device.type == "cuda":
-        from napari_unet.overlap_tile import TilePredictor
+        from napari_unet.prediction.overlap_tile import TilePredictor
 
         ceiling = bf16_ceiling(device)
         t_ours, b_ours = tuned["ours"]
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import napari_unet
     from napari_unet.devices import resolve_device
-    from napari_unet.model import UNet
+    from napari_unet.model.unet import UNet
 
     if args.quick:
         args.preset, args.slices, args.tiles, args.batch, args.repeats = "tiny", 2, [36], [2], 1

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
-from napari_unet.weightmap import boundary_weight_map, class_balance_weights  # noqa: E402
+from napari_unet.training.weightmap import boundary_weight_map, class_balance_weights  # noqa: E402
 
 
 def voronoi_labels(size: int, n_instances: int, membrane: int, seed: int) -> np.ndarray:

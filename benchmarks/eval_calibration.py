@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = ap.parse_args(argv)
 
     import napari_unet
-    from napari_unet.annotations import AnnotationSettings
-    from napari_unet.config import FINETUNE_LEARNING_RATE
-    from napari_unet.pretrained import default_checkpoint
-    from napari_unet.training import Trainer, TrainingConfig
+    from napari_unet.model.config import FINETUNE_LEARNING_RATE
+    from napari_unet.model.pretrained import default_checkpoint
+    from napari_unet.training.annotations import AnnotationSettings
+    from napari_unet.training.trainer import Trainer, TrainingConfig
 
     extra: dict[str, Any] = {}
     if args.quick:

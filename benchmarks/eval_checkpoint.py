@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
     import napari_unet
-    from napari_unet.batch import resolve_model_path
+    from napari_unet.prediction.batch import resolve_model_path
 
     model = napari_unet.load_checkpoint(resolve_model_path(args.checkpoint))
     image, fg = load_dataset(args.dataset, args.data)

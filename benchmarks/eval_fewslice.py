@@ -127,7 +127,7 @@ def snapshot(trainer: Any) -> Any:
     """The trainer's current weights as a TrainedModel (to evaluate or save mid-run)."""
     import copy
 
-    from napari_unet.checkpoint import TrainedModel
+    from napari_unet.model.checkpoint import TrainedModel
 
     model = copy.deepcopy(trainer.model).to("cpu").float().eval()
     settings = trainer.config.to_dict() | {"annotation": None, "normalization": None}
@@ -157,18 +157,18 @@ def run_unet(image: np.ndarray, fg: np.ndarray, zs: list[int], n_train: int, eva
     (``train_s``: training time so far, evaluations excluded).
     """
     import napari_unet
-    from napari_unet.config import FINETUNE_LEARNING_RATE
-    from napari_unet.training import Trainer, TrainingConfig
+    from napari_unet.model.config import FINETUNE_LEARNING_RATE
+    from napari_unet.training.trainer import Trainer, TrainingConfig
 
     labels = painted_labels(fg, zs, n_train)
     init = None
     if args.init:
-        from napari_unet.batch import resolve_model_path
+        from napari_unet.prediction.batch import resolve_model_path
 
         init = napari_unet.load_checkpoint(resolve_model_path(args.init))
         extra = {"learning_rate": FINETUNE_LEARNING_RATE, **extra}
     if args.no_balance:
-        from napari_unet.annotations import AnnotationSettings
+        from napari_unet.training.annotations import AnnotationSettings
 
         extra = {"annotation": AnnotationSettings(balance=False), **extra}
     config = TrainingConfig(iterations=args.iterations, loss=args.loss, **extra)
@@ -193,7 +193,7 @@ def isbi_metrics_both(gt_fg: np.ndarray, pred_fg: np.ndarray) -> dict[str, float
     of the same components grown over the predicted membranes until they touch
     (the engine's ``instance_method="fill"``, from the mask alone so that both
     methods get exactly the same post-processing)."""
-    from napari_unet.postprocess import instance_labels
+    from napari_unet.prediction.postprocess import instance_labels
 
     out = isbi_metrics(gt_fg, pred_fg)
     filled = isbi_metrics(gt_fg, instance_labels(pred_fg, method="fill", per_slice=True))

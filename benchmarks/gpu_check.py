@@ -160,7 +160,7 @@ def row_monai(ctx: Context) -> tuple[str, dict[str, Any]]:
     import torch
 
     import napari_unet
-    from napari_unet.model import UNet
+    from napari_unet.model.unet import UNet
 
     if ctx.toy:
         name, n, tiles, batches, repeats, synthetic = "tiny", 2, [36], [2], 1, (96, 96)
@@ -284,13 +284,13 @@ def row_finetune(ctx: Context) -> tuple[str, dict[str, Any]]:
     import numpy as np
 
     import napari_unet
-    from napari_unet.config import FINETUNE_LEARNING_RATE
-    from napari_unet.pretrained import default_checkpoint
-    from napari_unet.training import Trainer, TrainingConfig
+    from napari_unet.model.config import FINETUNE_LEARNING_RATE
+    from napari_unet.model.pretrained import default_checkpoint
+    from napari_unet.training.trainer import Trainer, TrainingConfig
 
     ckpt = default_checkpoint()
     if ckpt is None:
-        raise RuntimeError("no shipped model in this copy (napari_unet/models/em_membranes_default.pt)")
+        raise RuntimeError("no shipped model in this copy (napari_unet/model/weights/em_membranes_default.pt)")
     have_data = (ctx.data / "isbi2012" / "labels.tif").is_file()
     if have_data and not ctx.toy:
         image, fg = fs.load_dataset("isbi", ctx.data)

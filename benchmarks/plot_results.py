@@ -110,7 +110,7 @@ def isbi_vs_k(results: Path, out: Path) -> Path | None:
         else "isbi_k2_weighted.json"
     unet = {k: {"are": r["are"], "fill_are": r["fill_are"]}
             for k, r in _final_unet_rows(results, ("isbi_k1_k5_weighted_last.json", k2)).items()}
-    pre = _load(ROOT / "src" / "napari_unet" / "models" / "em_membranes_default.json")
+    pre = _load(ROOT / "src" / "napari_unet" / "model" / "weights" / "em_membranes_default.json")
     pre_rows = _load(results / "pretrained_isbi.json")
     if pre and pre_rows:
         comp = next(r for r in pre_rows if not r["tta"] and r["instances"] == "components")

@@ -1,7 +1,7 @@
 """Train the shipped EM membrane model on ISBI 2012 slices 0-19 (never 20-29).
 
 The result is the package's default starting point for fine-tuning
-(``napari_unet/models/em_membranes_default.pt``, float16 weights) plus a JSON
+(``napari_unet/model/weights/em_membranes_default.pt``, float16 weights) plus a JSON
 file with the numbers its model card quotes: settings, training time and the
 few-slice metrics on the held-out slices 20-29 (see ``eval_fewslice.py``).
 
@@ -33,7 +33,7 @@ from eval_fewslice import (  # noqa: E402
     snapshot,
 )
 
-PACKAGE_MODEL = Path(__file__).resolve().parents[1] / "src" / "napari_unet" / "models" / "em_membranes_default.pt"
+PACKAGE_MODEL = Path(__file__).resolve().parents[1] / "src" / "napari_unet" / "model" / "weights" / "em_membranes_default.pt"
 
 
 def evaluate(trained: Any, image: np.ndarray, fg: np.ndarray, eval_sl: slice) -> dict[str, float]:
@@ -65,9 +65,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     import napari_unet
-    from napari_unet.annotations import AnnotationSettings
-    from napari_unet.checkpoint import save_checkpoint
-    from napari_unet.training import Trainer, TrainingConfig
+    from napari_unet.model.checkpoint import save_checkpoint
+    from napari_unet.training.annotations import AnnotationSettings
+    from napari_unet.training.trainer import Trainer, TrainingConfig
 
     annotation = AnnotationSettings(balance=args.class_balance == "on")
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trained = trainer.result
     assert trained is not None
     if args.select == "final" and final is not None:
-        from napari_unet.checkpoint import TrainedModel
+        from napari_unet.model.checkpoint import TrainedModel
 
         training = dict(trained.training, iteration=ev.total, best_val_dice=None,
                         selection="final weights at the end of the schedule")

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_unet.checkpoint import TrainedModel
-from napari_unet.config import preset
-from napari_unet.model import UNet
+from napari_unet.io.tiff import write_tiff
+from napari_unet.model.checkpoint import TrainedModel
+from napari_unet.model.config import preset
+from napari_unet.model.unet import UNet
 from napari_unet.synthetic import synthetic_em_stack
-from napari_unet.tiff_io import write_tiff
 
 SPACING = (40.0, 4.0, 4.0)  # z, y, x
 UNIT = "nm"

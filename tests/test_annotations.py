@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_unet.annotations import (
+from napari_unet.training.annotations import (
     AnnotationSettings,
     annotated_slices,
     n_classes_for,

@@ -1,4 +1,4 @@
-"""Tests for napari_unet.augment."""
+"""Tests for napari_unet.training.augment."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_unet.augment import AugmentConfig, augment_patch, elastic_displacement
+from napari_unet.training.augment import AugmentConfig, augment_patch, elastic_displacement
 
 
 def _patch(shape=(64, 64), seed=0):

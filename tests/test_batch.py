@@ -11,7 +11,9 @@ import pytest
 import tifffile
 from batch_helpers import SPACING, UNIT, save_tiny_model, tiny_model, write_stack
 
-from napari_unet.batch import (
+from napari_unet.errors import Cancelled
+from napari_unet.io.tiff import TiffPageWriter, TiffSlices, read_tiff, write_tiff, write_tiff_pages
+from napari_unet.prediction.batch import (
     BatchOptions,
     FileResult,
     batch_segment,
@@ -21,9 +23,7 @@ from napari_unet.batch import (
     output_paths,
     segment_file_steps,
 )
-from napari_unet.errors import Cancelled
-from napari_unet.inference import predict
-from napari_unet.tiff_io import TiffPageWriter, TiffSlices, read_tiff, write_tiff, write_tiff_pages
+from napari_unet.prediction.inference import predict
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_uncompressed_input_is_read_by_offset(tmp_path, model_path):
 
 def test_many_instances_are_stored_as_uint32(tmp_path, model_path, monkeypatch):
     """Per-slice ids add up through the stack; past 65535 the file must be uint32."""
-    import napari_unet.postprocess as post
+    import napari_unet.prediction.postprocess as post
 
     def many(foreground, **kwargs):
         return np.arange(1, foreground.size + 1, dtype=np.uint32).reshape(foreground.shape)
@@ -223,7 +223,7 @@ def test_bad_inputs_fail_with_a_reason_and_the_batch_goes_on(tmp_path, model_pat
 
 
 def test_missing_default_model_is_a_clear_error(tmp_path, monkeypatch):
-    import napari_unet.pretrained as pretrained
+    import napari_unet.model.pretrained as pretrained
 
     monkeypatch.setattr(pretrained, "default_checkpoint", lambda: None)
     write_stack(tmp_path / "a.tif")

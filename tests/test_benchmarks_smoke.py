@@ -116,7 +116,7 @@ def test_monai_comparison_exits_when_output_differs(monkeypatch: pytest.MonkeyPa
 def test_monai_same_output_plan_is_on_the_pooling_grid() -> None:
     pytest.importorskip("monai")
     import napari_unet
-    from napari_unet.model import UNet
+    from napari_unet.model.unet import UNet
 
     mod = _load("bench_vs_monai")
     model = UNet(napari_unet.preset("default"))

@@ -7,20 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.annotations import AnnotationSettings
-from napari_unet.augment import AugmentConfig
-from napari_unet.checkpoint import (
+from napari_unet.errors import CheckpointError
+from napari_unet.model.checkpoint import (
     FORMAT,
     TrainedModel,
     load_checkpoint,
     save_checkpoint,
     transfer_weights,
 )
-from napari_unet.config import PRESETS, UNetConfig, preset
-from napari_unet.errors import CheckpointError
-from napari_unet.model import UNet
-from napari_unet.normalization import Normalization
-from napari_unet.training import TrainingConfig
+from napari_unet.model.config import PRESETS, UNetConfig, preset
+from napari_unet.model.normalization import Normalization
+from napari_unet.model.unet import UNet
+from napari_unet.training.annotations import AnnotationSettings
+from napari_unet.training.augment import AugmentConfig
+from napari_unet.training.trainer import TrainingConfig
 
 
 def _trained(**cfg) -> TrainedModel:
@@ -210,7 +210,7 @@ def test_malformed_payloads_are_one_checkpoint_error(tmp_path, case, monkeypatch
     def no_network(*args, **kwargs):
         raise AssertionError("a network was built for a file that fails validation")
 
-    monkeypatch.setattr("napari_unet.checkpoint.UNet", no_network)
+    monkeypatch.setattr("napari_unet.model.checkpoint.UNet", no_network)
     with pytest.raises(CheckpointError, match=message) as info:
         load_checkpoint(path)
     text = str(info.value)
@@ -249,8 +249,8 @@ def test_absurd_networks_are_refused_by_arithmetic(tmp_path, monkeypatch, overri
     def no_network(*args, **kwargs):
         raise AssertionError("built a network for an absurd config")
 
-    monkeypatch.setattr("napari_unet.checkpoint.UNet", no_network)
-    monkeypatch.setattr("napari_unet.checkpoint._ShapeOnlyUNet", no_network)
+    monkeypatch.setattr("napari_unet.model.checkpoint.UNet", no_network)
+    monkeypatch.setattr("napari_unet.model.checkpoint._ShapeOnlyUNet", no_network)
     with pytest.raises(CheckpointError, match="parameters"):
         load_checkpoint(tmp_path / "huge.pt")
 
@@ -263,13 +263,13 @@ def test_a_large_but_legal_config_is_compared_without_allocating(tmp_path, monke
     def no_network(*args, **kwargs):
         raise AssertionError("allocated the real network")
 
-    monkeypatch.setattr("napari_unet.checkpoint.UNet", no_network)
+    monkeypatch.setattr("napari_unet.model.checkpoint.UNet", no_network)
     with pytest.raises(CheckpointError, match="do not fit"):
         load_checkpoint(tmp_path / "big.pt")
 
 
 def test_parameter_count_is_exact():
-    from napari_unet.checkpoint import parameter_count
+    from napari_unet.model.checkpoint import parameter_count
 
     configs = [*PRESETS.values(), UNetConfig(in_channels=3, n_classes=5, depth=1, base_channels=5, norm="none"),
                UNetConfig(depth=5, base_channels=8, norm="group", groups=4, padding="same")]
@@ -340,7 +340,7 @@ def test_widget_cache_shows_every_load_failure(tmp_path, monkeypatch):
     def fail(path):
         raise MemoryError()  # an exception without a message
 
-    monkeypatch.setattr("napari_unet.checkpoint.load_checkpoint", fail)
+    monkeypatch.setattr("napari_unet.model.checkpoint.load_checkpoint", fail)
     good = save_checkpoint(_trained(), tmp_path / "good.pt")
     assert CheckpointCache("segments").load(good) == "Cannot use this checkpoint: MemoryError"
 
@@ -393,7 +393,7 @@ def test_training_config_from_an_older_checkpoint(tmp_path):
 
 
 def test_shipped_model_still_loads_with_its_recipe():
-    from napari_unet.pretrained import default_checkpoint
+    from napari_unet.model.pretrained import default_checkpoint
 
     path = default_checkpoint()
     if path is None:

@@ -16,9 +16,9 @@ import tifffile
 from batch_helpers import SPACING, UNIT, save_tiny_model, write_stack
 
 from napari_unet import cli
-from napari_unet.checkpoint import load_checkpoint
+from napari_unet.io.tiff import read_tiff, write_tiff
+from napari_unet.model.checkpoint import load_checkpoint
 from napari_unet.synthetic import partial_annotation, synthetic_em_stack
-from napari_unet.tiff_io import read_tiff, write_tiff
 
 QUICK_TRAIN = ["--preset", "tiny", "--iterations", "6", "--patch-size", "24", "--batch-size", "2"]
 
@@ -133,7 +133,7 @@ def test_errors_are_one_line(tmp_path, capsys):
 
 
 def test_default_model_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    import napari_unet.pretrained as pretrained
+    import napari_unet.model.pretrained as pretrained
 
     monkeypatch.setattr(pretrained, "default_checkpoint", lambda: None)
     write_stack(tmp_path / "a.tif")
@@ -156,7 +156,7 @@ def test_demo_quick(tmp_path, capsys):
 
 
 def test_the_builtin_default_model_is_used_when_one_ships(tmp_path, capsys, monkeypatch, training_data):
-    import napari_unet.pretrained as pretrained
+    import napari_unet.model.pretrained as pretrained
 
     fake = save_tiny_model(tmp_path / "default.pt")
     monkeypatch.setattr(pretrained, "default_checkpoint", lambda: fake)
@@ -275,10 +275,10 @@ def test_bad_checkpoints_are_one_error_line(tmp_path, capsys, training_data):
 
 def test_resume_keeps_the_whole_recipe(tmp_path, capsys, training_data):
     from napari_unet import train
-    from napari_unet.augment import AugmentConfig
-    from napari_unet.config import preset
-    from napari_unet.normalization import Normalization
-    from napari_unet.training import TrainingConfig
+    from napari_unet.model.config import preset
+    from napari_unet.model.normalization import Normalization
+    from napari_unet.training.augment import AugmentConfig
+    from napari_unet.training.trainer import TrainingConfig
 
     image, labels = training_data
     recipe = TrainingConfig(

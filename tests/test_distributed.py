@@ -14,11 +14,11 @@ from batch_helpers import save_tiny_model, write_stack  # noqa: E402
 from distributed import Client, LocalCluster  # noqa: E402
 
 from napari_unet import cli  # noqa: E402
-from napari_unet import cluster as cluster_mod  # noqa: E402
-from napari_unet.batch import BatchOptions, batch_segment, file_sha256  # noqa: E402
-from napari_unet.cluster import _segment_task, batch_segment_distributed  # noqa: E402
 from napari_unet.errors import Cancelled  # noqa: E402
-from napari_unet.tiff_io import read_tiff  # noqa: E402
+from napari_unet.io.tiff import read_tiff  # noqa: E402
+from napari_unet.prediction import cluster as cluster_mod  # noqa: E402
+from napari_unet.prediction.batch import BatchOptions, batch_segment, file_sha256  # noqa: E402
+from napari_unet.prediction.cluster import _segment_task, batch_segment_distributed  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +107,6 @@ def test_two_worker_processes_load_the_model_once_each(tmp_path, inputs):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc:
         with Client(lc) as c:
             results = batch_segment_distributed(model, folder, tmp_path / "p", BatchOptions(), c)
-            loads = c.run(lambda: __import__("napari_unet.cluster").cluster.LOADS)
+            loads = c.run(lambda: __import__("napari_unet.prediction.cluster").prediction.cluster.LOADS)
     assert [r.status for r in results] == ["done"] * 4 + ["failed"]
     assert sorted(loads.values()) in ([1, 1], [0, 1])  # once per worker that got a task

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_unet.losses import (
+from napari_unet.training.losses import (
     LOSSES,
     dice_ce_loss,
     get_loss,

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from napari_unet.config import PRESETS, UNetConfig, preset
-from napari_unet.model import Geometry, UNet
+from napari_unet.model.config import PRESETS, UNetConfig, preset
+from napari_unet.model.unet import Geometry, UNet
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])

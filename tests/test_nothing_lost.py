@@ -18,9 +18,10 @@ import pytest
 import torch
 from batch_helpers import tiny_model, write_stack
 
-from napari_unet import _saving, cli
-from napari_unet._atomic import host_tag, remove_stale_temps, temp_beside, temp_name
-from napari_unet._saving import (
+from napari_unet import cli
+from napari_unet.io import _saving
+from napari_unet.io._atomic import host_tag, remove_stale_temps, temp_beside, temp_name
+from napari_unet.io._saving import (
     DestinationError,
     DestinationExists,
     ModelNotSaved,
@@ -28,10 +29,10 @@ from napari_unet._saving import (
     describe_write_error,
     save_with_fallback,
 )
-from napari_unet.batch import BatchOptions, batch_segment
-from napari_unet.checkpoint import load_checkpoint
+from napari_unet.io.tiff import write_tiff
+from napari_unet.model.checkpoint import load_checkpoint
+from napari_unet.prediction.batch import BatchOptions, batch_segment
 from napari_unet.synthetic import partial_annotation, synthetic_em_stack
-from napari_unet.tiff_io import write_tiff
 
 QUICK_TRAIN = ["--preset", "tiny", "--iterations", "6", "--patch-size", "24", "--batch-size", "2"]
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals and pids")
@@ -157,7 +158,7 @@ def test_write_errors_are_explained():
 
 
 def test_cli_checks_the_output_before_training(tmp_path, capsys, monkeypatch):
-    import napari_unet.training as training
+    import napari_unet.training.trainer as training
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained although the output cannot be written")
@@ -215,7 +216,7 @@ def test_cli_full_disk_at_the_end_keeps_the_model(tmp_path, capsys, monkeypatch,
 def test_cli_training_that_fails_midway_keeps_the_validated_model(
     tmp_path, capsys, monkeypatch, training_data
 ):
-    from napari_unet import training
+    from napari_unet.training import trainer as training
 
     image, labels = training_data
     step = training.Trainer._step
@@ -235,7 +236,7 @@ def test_cli_training_that_fails_midway_keeps_the_validated_model(
 
 
 def test_save_model_never_replaces_a_file_the_user_did_not_name(tmp_path):
-    from napari_unet._saving import DestinationExists, check_destination
+    from napari_unet.io._saving import DestinationExists, check_destination
 
     other = tmp_path / "mito.pt"
     other.write_bytes(b"someone's model")
@@ -307,7 +308,7 @@ def _producers() -> list[threading.Thread]:
 @pytest.mark.parametrize("second", ["same moment", "coalesced", "final validation", "cleanup"])
 def test_second_ctrl_c_aborts_without_saving(tmp_path, capsys, monkeypatch, training_data, second):
     import napari_unet.devices as devices
-    import napari_unet.training as training
+    import napari_unet.training.trainer as training
 
     image, labels = training_data
     unraisable: list[object] = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from napari_unet.config import preset
+from napari_unet.model.config import preset
 from napari_unet.synthetic import partial_annotation, synthetic_em_stack
-from napari_unet.training import Trainer, TrainingConfig
+from napari_unet.training.trainer import Trainer, TrainingConfig
 
 
 def test_training_splits_the_batch_when_out_of_memory():
@@ -39,7 +39,7 @@ def test_training_splits_the_batch_when_out_of_memory():
 def test_batch_goes_on_after_a_file_ran_out_of_memory(tmp_path):
     from batch_helpers import tiny_model, write_stack
 
-    from napari_unet.batch import BatchOptions, batch_segment
+    from napari_unet.prediction.batch import BatchOptions, batch_segment
 
     trained = tiny_model()
     forward = trained.model.forward

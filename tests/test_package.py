@@ -17,7 +17,7 @@ def test_core_never_imports_qt_or_napari():
     code = (
         "import sys, napari_unet as nu\n"
         "for name in nu.__all__: getattr(nu, name)\n"
-        "import napari_unet.tiff_io, napari_unet.inference, napari_unet.training\n"
+        "import napari_unet.io.tiff, napari_unet.prediction.inference, napari_unet.training.trainer\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'napari', 'magicgui')]\n"
         "print(bad)"
     )

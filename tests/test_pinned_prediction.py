@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import napari_unet as nu
-from napari_unet.pretrained import default_checkpoint
+from napari_unet.model.pretrained import default_checkpoint
 from napari_unet.synthetic import synthetic_em_stack
 
 FIXTURE = Path(__file__).parent / "data" / "pinned_prediction.npz"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.postprocess import instance_labels, semantic_labels
+from napari_unet.prediction.postprocess import instance_labels, semantic_labels
 
 
 def _discs(shape: tuple[int, int], centres: list[tuple[int, int]], radius: float) -> np.ndarray:
@@ -181,7 +181,7 @@ def test_fill_drops_specks_before_growing() -> None:
 def test_fill_through_predict_uses_probabilities(tmp_path) -> None:
     """predict(instances=True, instance_method="fill") tiles every slice."""
     from napari_unet import predict, train
-    from napari_unet.config import preset
+    from napari_unet.model.config import preset
     from napari_unet.synthetic import synthetic_em_stack
 
     stack = synthetic_em_stack((2, 48, 48), seed=1)

@@ -12,12 +12,12 @@ from batch_helpers import save_tiny_model, tiny_model, write_stack
 
 import napari_unet as nu
 from napari_unet import cli, devices
-from napari_unet.batch import BatchOptions
-from napari_unet.config import preset
-from napari_unet.model import UNet
-from napari_unet.overlap_tile import TilePredictor
-from napari_unet.prediction_settings import PRECISION_CHOICES, PredictionSettings
-from napari_unet.stack_prediction import PredictionEngine
+from napari_unet.model.config import preset
+from napari_unet.model.unet import UNet
+from napari_unet.prediction.batch import BatchOptions
+from napari_unet.prediction.overlap_tile import TilePredictor
+from napari_unet.prediction.settings import PRECISION_CHOICES, PredictionSettings
+from napari_unet.prediction.stack import PredictionEngine
 
 needs_cpu_bf16 = pytest.mark.skipif(
     not devices.cpu_native_bf16(), reason="this CPU has no native bf16 (AVX-512-BF16 or AMX)"

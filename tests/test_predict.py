@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from napari_unet.config import UNetConfig, preset
 from napari_unet.errors import Cancelled
-from napari_unet.model import Geometry, UNet
-from napari_unet.overlap_tile import TilePredictor
+from napari_unet.model.config import UNetConfig, preset
+from napari_unet.model.unet import Geometry, UNet
+from napari_unet.prediction.overlap_tile import TilePredictor
 
 #: tile invariance bound for valid nets (float32 rounding only)
 EXACT = 1e-5

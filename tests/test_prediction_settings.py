@@ -10,12 +10,12 @@ from batch_helpers import save_tiny_model, tiny_model, write_stack
 
 import napari_unet as nu
 from napari_unet import cli
-from napari_unet.batch import BatchOptions
-from napari_unet.config import preset
-from napari_unet.model import UNet
-from napari_unet.overlap_tile import TileGrid, TilePredictor
-from napari_unet.prediction_settings import INSTANCE_METHODS, PredictionSettings
-from napari_unet.tiff_io import read_tiff
+from napari_unet.io.tiff import read_tiff
+from napari_unet.model.config import preset
+from napari_unet.model.unet import UNet
+from napari_unet.prediction.batch import BatchOptions
+from napari_unet.prediction.overlap_tile import TileGrid, TilePredictor
+from napari_unet.prediction.settings import INSTANCE_METHODS, PredictionSettings
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def test_predict_validates_like_the_cli():
 
 def test_one_list_of_instance_methods():
     from napari_unet._widgets._choices import INSTANCE_METHOD_CHOICES
-    from napari_unet.postprocess import INSTANCE_METHODS as post_methods
+    from napari_unet.prediction.postprocess import INSTANCE_METHODS as post_methods
 
     assert INSTANCE_METHODS == post_methods == ("components", "watershed", "fill")
     assert [value for _text, value in INSTANCE_METHOD_CHOICES] == list(INSTANCE_METHODS)
@@ -153,7 +153,7 @@ def test_prediction_never_moves_or_changes_the_shared_model():
 def test_gpu_job_uses_its_own_copy():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")
-    from napari_unet.stack_prediction import PredictionEngine
+    from napari_unet.prediction.stack import PredictionEngine
 
     trained = tiny_model()
     with PredictionEngine(trained, PredictionSettings(device="cuda")) as engine:
@@ -163,7 +163,7 @@ def test_gpu_job_uses_its_own_copy():
 
 
 def test_a_closed_engine_refuses_to_predict_on_every_device():
-    from napari_unet.stack_prediction import PredictionEngine, StackPrediction
+    from napari_unet.prediction.stack import PredictionEngine, StackPrediction
 
     engine = PredictionEngine(tiny_model(), PredictionSettings(device="cpu"))
     engine.close()

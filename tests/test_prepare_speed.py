@@ -15,8 +15,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from napari_unet import weightmap as wm
-from napari_unet.annotations import AnnotationSettings, prepare_slices
+from napari_unet.training import weightmap as wm
+from napari_unet.training.annotations import AnnotationSettings, prepare_slices
 
 
 def _cells(size: int, n: int, seed: int) -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from napari_unet import load_checkpoint, preset
-from napari_unet.pretrained import default_checkpoint
+from napari_unet.model.pretrained import default_checkpoint
 
 
 @pytest.fixture(scope="module")

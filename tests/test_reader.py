@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_unet._reader import napari_get_reader, read_tiff_layers
-from napari_unet.tiff_io import write_tiff
+from napari_unet.io.tiff import write_tiff
 
 
 @pytest.fixture

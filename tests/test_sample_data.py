@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_unet._sample_data import SAMPLE_ANNOTATED, SAMPLE_SHAPE, synthetic_em_sample
-from napari_unet.annotations import annotated_slices
+from napari_unet.training.annotations import annotated_slices
 
 
 def test_sample_layers():

@@ -14,19 +14,19 @@ import pytest
 import torch
 
 import napari_unet
-from napari_unet.config import preset
 from napari_unet.errors import Cancelled
-from napari_unet.model import UNet
-from napari_unet.overlap_tile import (
+from napari_unet.model.config import preset
+from napari_unet.model.unet import UNet
+from napari_unet.prediction.overlap_tile import (
     DEFAULT_TILE,
     DEFAULT_TILE_OTHER,
     TileGrid,
     TilePredictor,
     default_tile_size,
 )
-from napari_unet.tile_plan import count_tiles, plan_axis
+from napari_unet.prediction.tile_plan import count_tiles, plan_axis
 
-MODULES = ("overlap_tile.py", "tile_plan.py", "tile_runner.py")
+MODULES = ("prediction/overlap_tile.py", "prediction/tile_plan.py", "prediction/tile_runner.py")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def tiny() -> UNet:
 
 
 def test_public_names_still_come_from_overlap_tile():
-    from napari_unet import tile_plan
+    from napari_unet.prediction import tile_plan
 
     assert TileGrid is tile_plan.TileGrid and default_tile_size is tile_plan.default_tile_size
     assert DEFAULT_TILE is tile_plan.DEFAULT_TILE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.tiling import WEIGHT_FLOOR, blend_window, tile_starts
+from napari_unet.prediction.tiling import WEIGHT_FLOOR, blend_window, tile_starts
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from napari_unet import Trainer, TrainingConfig, load_checkpoint, predict, train
-from napari_unet.annotations import AnnotationSettings, prepare_slices
-from napari_unet.config import preset
-from napari_unet.training import _split, foreground_dice
+from napari_unet.model.config import preset
+from napari_unet.training.annotations import AnnotationSettings, prepare_slices
+from napari_unet.training.trainer import _split, foreground_dice
 
 QUICK = TrainingConfig(iterations=6, patch_size=24, batch_size=2, val_every=3)
 
@@ -187,8 +187,8 @@ def test_by_default_the_run_returns_its_last_validated_weights(em_stack, em_labe
 
 
 def test_the_recipe_survives_save_and_load(tmp_path, em_stack, em_labels):
-    from napari_unet.augment import AugmentConfig
-    from napari_unet.normalization import Normalization
+    from napari_unet.model.normalization import Normalization
+    from napari_unet.training.augment import AugmentConfig
 
     cfg = replace(
         QUICK, iterations=3, warmup=2, schedule="constant", keep="best", seed=4,

@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from napari_unet import TrainingConfig, predict, train
-from napari_unet.checkpoint import TrainedModel
-from napari_unet.config import preset
-from napari_unet.model import UNet
+from napari_unet.model.checkpoint import TrainedModel
+from napari_unet.model.config import preset
+from napari_unet.model.unet import UNet
 
 FAST = TrainingConfig(iterations=2, patch_size=16, batch_size=1, augment=None, val_every=1)
 

@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from napari_unet import weightmap as wm
-from napari_unet.weightmap import (
+from napari_unet.training import weightmap as wm
+from napari_unet.training.weightmap import (
     BORDER_EPS,
     border_cutoff,
     boundary_weight_map,

@@ -17,7 +17,7 @@ from napari_unet._widgets._jobs import (
     segment_job,
     train_job,
 )
-from napari_unet.prediction_settings import PredictionSettings
+from napari_unet.prediction.settings import PredictionSettings
 from napari_unet.synthetic import partial_annotation, synthetic_em_stack
 
 
@@ -38,8 +38,8 @@ def data():
 
 
 def request_for(image, labels, device: str = "cpu", **overrides) -> TrainRequest:
-    from napari_unet.config import preset
-    from napari_unet.training import TrainingConfig
+    from napari_unet.model.config import preset
+    from napari_unet.training.trainer import TrainingConfig
 
     config = TrainingConfig(iterations=20, patch_size=64, batch_size=2, device=device, **overrides)
     return TrainRequest(
@@ -57,7 +57,7 @@ def drain(gen):
 
 
 def test_train_job_yields_events_and_previews(data):
-    from napari_unet.training import TrainEvent
+    from napari_unet.training.trainer import TrainEvent
 
     items, outcome = drain(train_job(request_for(*data), threading.Event()))
     assert isinstance(items[0], TrainStarted)
@@ -78,7 +78,7 @@ def test_train_job_reports_bad_input_without_raising(data):
 
 
 def test_an_error_mid_training_keeps_the_best_model(data, monkeypatch):
-    from napari_unet.training import Trainer
+    from napari_unet.training.trainer import Trainer
 
     original = Trainer.__iter__
 
@@ -98,9 +98,9 @@ def test_an_error_mid_training_keeps_the_best_model(data, monkeypatch):
 
 
 def test_segment_job_cancels_cleanly(data):
-    from napari_unet.checkpoint import TrainedModel
-    from napari_unet.config import preset
-    from napari_unet.model import UNet
+    from napari_unet.model.checkpoint import TrainedModel
+    from napari_unet.model.config import preset
+    from napari_unet.model.unet import UNet
 
     model = TrainedModel(UNet(preset("tiny")).eval())
     request = SegmentRequest(
@@ -150,10 +150,10 @@ def test_out_of_memory_messages_say_what_to_change():
 
 
 def test_fine_tuning_shows_the_starting_model_at_once(data):
-    from napari_unet.checkpoint import TrainedModel
-    from napari_unet.config import preset
-    from napari_unet.model import UNet
-    from napari_unet.training import TrainingConfig
+    from napari_unet.model.checkpoint import TrainedModel
+    from napari_unet.model.config import preset
+    from napari_unet.model.unet import UNet
+    from napari_unet.training.trainer import TrainingConfig
 
     image, labels = data
     start = TrainedModel(UNet(preset("tiny")).eval())

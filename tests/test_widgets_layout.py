@@ -32,8 +32,8 @@ def tiny_model():
     """A tiny model, a few iterations, with a made-up kept score to look for."""
     import torch
 
-    from napari_unet.config import preset
-    from napari_unet.training import train
+    from napari_unet.model.config import preset
+    from napari_unet.training.trainer import train
 
     torch.set_num_threads(1)
     stack = synthetic_em_stack((3, 96, 96), seed=3)

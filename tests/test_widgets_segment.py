@@ -27,8 +27,8 @@ def tiny_model():
     """A tiny model trained for a few iterations on a small synthetic stack (seconds)."""
     import torch
 
-    from napari_unet.config import preset
-    from napari_unet.training import train
+    from napari_unet.model.config import preset
+    from napari_unet.training.trainer import train
 
     torch.set_num_threads(1)
     stack = synthetic_em_stack((4, 96, 96), seed=2)
@@ -186,9 +186,9 @@ def test_cancel_segmentation_adds_no_layer(make_napari_viewer, qtbot, tiny_model
 def test_invalid_inputs_block_segment_with_a_reason(make_napari_viewer, tmp_path, tiny_model):
     import dataclasses
 
-    from napari_unet.checkpoint import TrainedModel
     from napari_unet.devices import available_devices
-    from napari_unet.model import UNet
+    from napari_unet.model.checkpoint import TrainedModel
+    from napari_unet.model.unet import UNet
 
     viewer = make_napari_viewer()
     widget = open_segment(viewer)

@@ -136,7 +136,7 @@ def test_train_on_sample_then_segment(make_napari_viewer, qtbot, tmp_path):
     # save the model and load it back
     widget.save_path.value = tmp_path / "model.pt"
     click(widget.save)
-    from napari_unet.checkpoint import load_checkpoint
+    from napari_unet.model.checkpoint import load_checkpoint
 
     loaded = load_checkpoint(tmp_path / "model.pt")
     assert loaded.config == widget.trained.config
@@ -390,7 +390,7 @@ def test_save_model_never_loses_the_model(make_napari_viewer, tmp_path, monkeypa
     import torch
     from batch_helpers import tiny_model
 
-    from napari_unet.checkpoint import load_checkpoint
+    from napari_unet.model.checkpoint import load_checkpoint
 
     viewer = make_napari_viewer()
     widget = open_train(viewer)

@@ -12,35 +12,35 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "UNetConfig": "config",
-    "preset": "config",
-    "PRESETS": "config",
-    "UNet": "model",
-    "Geometry": "model",
-    "AnnotationSettings": "annotations",
-    "summarize": "annotations",
-    "boundary_weight_map": "weightmap",
-    "AugmentConfig": "augment",
-    "Normalization": "normalization",
-    "TrainingConfig": "training",
-    "Trainer": "training",
-    "TrainEvent": "training",
-    "train": "training",
-    "TilePredictor": "overlap_tile",
-    "PredictionSettings": "prediction_settings",
-    "predict": "inference",
-    "predict_steps": "inference",
-    "Prediction": "inference",
-    "TrainedModel": "checkpoint",
-    "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint",
+    "UNetConfig": "model.config",
+    "preset": "model.config",
+    "PRESETS": "model.config",
+    "UNet": "model.unet",
+    "Geometry": "model.unet",
+    "AnnotationSettings": "training.annotations",
+    "summarize": "training.annotations",
+    "boundary_weight_map": "training.weightmap",
+    "AugmentConfig": "training.augment",
+    "Normalization": "model.normalization",
+    "TrainingConfig": "training.trainer",
+    "Trainer": "training.trainer",
+    "TrainEvent": "training.trainer",
+    "train": "training.trainer",
+    "TilePredictor": "prediction.overlap_tile",
+    "PredictionSettings": "prediction.settings",
+    "predict": "prediction.inference",
+    "predict_steps": "prediction.inference",
+    "Prediction": "prediction.inference",
+    "TrainedModel": "model.checkpoint",
+    "save_checkpoint": "model.checkpoint",
+    "load_checkpoint": "model.checkpoint",
     "Cancelled": "errors",
     "CheckpointError": "errors",
     "synthetic_em_stack": "synthetic",
-    "BatchOptions": "batch",
-    "FileResult": "batch",
-    "batch_segment": "batch",
-    "batch_segment_steps": "batch",
+    "BatchOptions": "prediction.batch",
+    "FileResult": "prediction.batch",
+    "batch_segment": "prediction.batch",
+    "batch_segment_steps": "prediction.batch",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -60,17 +60,17 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .annotations import AnnotationSettings, summarize
-    from .augment import AugmentConfig
-    from .batch import BatchOptions, FileResult, batch_segment, batch_segment_steps
-    from .checkpoint import TrainedModel, load_checkpoint, save_checkpoint
-    from .config import PRESETS, UNetConfig, preset
     from .errors import Cancelled, CheckpointError
-    from .inference import Prediction, predict, predict_steps
-    from .model import Geometry, UNet
-    from .normalization import Normalization
-    from .overlap_tile import TilePredictor
-    from .prediction_settings import PredictionSettings
+    from .model.checkpoint import TrainedModel, load_checkpoint, save_checkpoint
+    from .model.config import PRESETS, UNetConfig, preset
+    from .model.normalization import Normalization
+    from .model.unet import Geometry, UNet
+    from .prediction.batch import BatchOptions, FileResult, batch_segment, batch_segment_steps
+    from .prediction.inference import Prediction, predict, predict_steps
+    from .prediction.overlap_tile import TilePredictor
+    from .prediction.settings import PredictionSettings
     from .synthetic import synthetic_em_stack
-    from .training import Trainer, TrainEvent, TrainingConfig, train
-    from .weightmap import boundary_weight_map
+    from .training.annotations import AnnotationSettings, summarize
+    from .training.augment import AugmentConfig
+    from .training.trainer import Trainer, TrainEvent, TrainingConfig, train
+    from .training.weightmap import boundary_weight_map

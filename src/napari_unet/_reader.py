@@ -1,7 +1,7 @@
 """napari reader for TIFF stacks: lazy, and with the pixel size from the file.
 
 Electron-microscopy stacks are often larger than memory. The engine's
-:func:`~napari_unet.tiff_io.read_tiff` memory-maps uncompressed files and
+:func:`~napari_unet.io.tiff.read_tiff` memory-maps uncompressed files and
 wraps compressed ones in tifffile's zarr store, so napari reads only the
 slices it shows. Other files get ``None`` so that napari's built-in reader
 (and other plugins) stay available.
@@ -78,7 +78,7 @@ def _layer_scale(shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[fl
 
 def read_tiff_layers(path: Any) -> list[LayerData]:
     """Open the file as one lazy Image layer; scale from its resolution metadata."""
-    from .tiff_io import read_tiff
+    from .io.tiff import read_tiff
 
     p = _single_path(path)
     if p is None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import FINETUNE_LEARNING_RATE
+from .model.config import FINETUNE_LEARNING_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -167,14 +167,14 @@ def run_demo(
     ``should_stop`` ends training early, keeping the model so far; the
     stack is still segmented and evaluated with it.
     """
-    from .batch import BatchOptions, batch_segment
-    from .checkpoint import load_checkpoint
-    from .config import preset
     from .devices import resolve_device
-    from .pretrained import default_checkpoint
+    from .io.tiff import read_tiff, write_tiff
+    from .model.checkpoint import load_checkpoint
+    from .model.config import preset
+    from .model.pretrained import default_checkpoint
+    from .prediction.batch import BatchOptions, batch_segment
     from .synthetic import partial_annotation, synthetic_em_stack
-    from .tiff_io import read_tiff, write_tiff
-    from .training import Trainer, TrainingConfig
+    from .training.trainer import Trainer, TrainingConfig
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

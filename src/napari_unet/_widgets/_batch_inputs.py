@@ -43,7 +43,7 @@ class BatchInputsMixin:
 
     def expanded_inputs(self) -> list[Path] | str:
         """The TIFF files the batch will segment, or why there are none."""
-        from ..batch import expand_inputs
+        from ..prediction.batch import expand_inputs
 
         items = self.input_items()
         if not items:

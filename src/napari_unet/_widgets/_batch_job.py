@@ -1,6 +1,6 @@
 """A batch job and its handlers on the main thread (a mixin of ``BatchWidget``).
 
-:func:`batch_job` runs :mod:`napari_unet.batch` (the engine behind
+:func:`batch_job` runs :mod:`napari_unet.prediction.batch` (the engine behind
 ``napari-unet segment``) in a worker thread; the mixin gathers the request
 at Start and turns the engine's progress into progress bars, table rows and
 the status line.
@@ -20,8 +20,8 @@ from ._jobs import JobFailed, describe_error, user_error_types
 if TYPE_CHECKING:
     from magicgui.widgets import CheckBox, ComboBox, FileEdit, ProgressBar, SpinBox
 
-    from ..batch import BatchOptions, BatchProgress, FileResult
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
+    from ..prediction.batch import BatchOptions, BatchProgress, FileResult
 
 logger = logging.getLogger(__name__)
 
@@ -51,13 +51,13 @@ class BatchOutcome:
 def batch_job(
     request: BatchRequest, cancel: threading.Event
 ) -> Generator[BatchProgress, None, Union[BatchOutcome, JobFailed]]:
-    """Run :func:`napari_unet.batch.batch_segment_steps` (worker thread), yielding its progress.
+    """Run :func:`napari_unet.prediction.batch.batch_segment_steps` (worker thread), yielding its progress.
 
     The engine predicts with its own device copy of the shared model and frees
     it when the batch ends; the shared model never moves.
     """
-    from ..batch import batch_segment_steps
     from ..errors import Cancelled
+    from ..prediction.batch import batch_segment_steps
 
     started = time.perf_counter()
     errors = user_error_types()
@@ -93,7 +93,7 @@ class BatchJobMixin:
     _inputs: list[Path]
 
     def build_request(self) -> BatchRequest:
-        from ..batch import BatchOptions
+        from ..prediction.batch import BatchOptions
 
         model = self.selected_model()
         files = self.expanded_inputs()

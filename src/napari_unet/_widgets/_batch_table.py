@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import Container, PushButton
 
 if TYPE_CHECKING:
-    from ..batch import FileResult
+    from ..prediction.batch import FileResult
 
 #: Table columns.
 COL_FILE, COL_STATUS, COL_DETAILS = 0, 1, 2

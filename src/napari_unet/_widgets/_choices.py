@@ -6,7 +6,7 @@ from typing import Any, Callable
 
 from magicgui.widgets import CheckBox, ComboBox, FileEdit, SpinBox
 
-from ..prediction_settings import INSTANCE_METHODS
+from ..prediction.settings import INSTANCE_METHODS
 
 _METHOD_WORDS = {
     "components": "separate regions",

@@ -29,7 +29,7 @@ from ._state import unwrap_viewer
 if TYPE_CHECKING:
     import napari
 
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ class CheckpointCache:
         self._value: Any = None
 
     def load(self, path: Path) -> TrainedModel | str:
-        from ..checkpoint import load_checkpoint
+        from ..model.checkpoint import load_checkpoint
 
         if not path.is_file():
             return f"Checkpoint file '{path}' does not exist."

@@ -14,7 +14,7 @@ from ._common import CheckpointCache, empty_path, model_source_choices
 from ._state import models_for
 
 if TYPE_CHECKING:
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
 
 
 class ModelSourceMixin:
@@ -24,7 +24,7 @@ class ModelSourceMixin:
     running: bool
 
     def _init_model_source(self) -> None:
-        from ..pretrained import default_checkpoint
+        from ..model.pretrained import default_checkpoint
 
         self._shipped = default_checkpoint()
         self._checkpoints = CheckpointCache("segments")

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Union
 import numpy as np
 
 if TYPE_CHECKING:
-    from ..checkpoint import TrainedModel
-    from ..config import UNetConfig
-    from ..inference import Prediction, PredictProgress
-    from ..prediction_settings import PredictionSettings
-    from ..training import TrainEvent, TrainingConfig
+    from ..model.checkpoint import TrainedModel
+    from ..model.config import UNetConfig
+    from ..prediction.inference import Prediction, PredictProgress
+    from ..prediction.settings import PredictionSettings
+    from ..training.trainer import TrainEvent, TrainingConfig
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def predict_slice(
     model: TrainedModel, image: Any, z: int | None, *, device: str, batch_size: int
 ) -> np.ndarray:
     """Semantic labels of one (Y, X) slice; reads only that slice of a lazy stack."""
-    from ..inference import predict
+    from ..prediction.inference import predict
 
     plane = np.asarray(image if z is None else image[z])
     return predict(model, plane, device=device, batch_size=batch_size, probabilities=False).semantic
@@ -146,7 +146,7 @@ def train_job(
     ``cancel`` is set from the main thread; the trainer is asked to stop after
     the current iteration and still returns its model so far.
     """
-    from ..training import Trainer
+    from ..training.trainer import Trainer
 
     started = time.perf_counter()
     errors = user_error_types()
@@ -243,7 +243,7 @@ def segment_job(
     at the end, so the shared model stays where it is (on the CPU).
     """
     from ..errors import Cancelled
-    from ..inference import predict_steps
+    from ..prediction.inference import predict_steps
 
     started = time.perf_counter()
     errors = user_error_types()

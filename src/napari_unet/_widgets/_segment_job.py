@@ -15,7 +15,7 @@ from ._segment_publish import publish_prediction, published_message
 if TYPE_CHECKING:
     from magicgui.widgets import CheckBox, ComboBox, SpinBox
 
-    from ..inference import PredictProgress
+    from ..prediction.inference import PredictProgress
 
 
 class SegmentJobMixin:
@@ -43,7 +43,7 @@ class SegmentJobMixin:
         return [current_slice(self.viewer, image)]
 
     def build_request(self) -> SegmentRequest:
-        from ..prediction_settings import PredictionSettings
+        from ..prediction.settings import PredictionSettings
 
         model = self.selected_model()
         assert not isinstance(model, str)  # validated before Start

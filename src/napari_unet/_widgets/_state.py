@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from psygnal import Signal
 
 if TYPE_CHECKING:
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
 
 
 @dataclass(frozen=True)

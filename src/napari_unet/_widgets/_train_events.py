@@ -21,7 +21,7 @@ from ._layers import METADATA_KEY, current_slice, is_ours, layer_array, unique_n
 from ._state import models_for
 
 if TYPE_CHECKING:
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
 
 
 class TrainRun:
@@ -54,7 +54,7 @@ class TrainRun:
             self._tracker.z = current_slice(self.viewer, image)
 
     def on_yielded(self, value: Any) -> None:
-        from ..training import TrainEvent
+        from ..training.trainer import TrainEvent
 
         if isinstance(value, TrainEvent):
             self._on_train_event(value)

@@ -22,7 +22,7 @@ from magicgui.widgets import (
     SpinBox,
 )
 
-from ..config import FINETUNE_LEARNING_RATE, PRESETS
+from ..model.config import FINETUNE_LEARNING_RATE, PRESETS
 from ._choices import checkpoint_edit, device_combo
 from ._common import layer_choices
 from ._layers import is_ours, level0
@@ -45,7 +45,7 @@ LR_FINETUNE = FINETUNE_LEARNING_RATE
 
 
 def _start_from_choices() -> list[tuple[str, str]]:
-    from ..pretrained import default_checkpoint
+    from ..model.pretrained import default_checkpoint
 
     builtin = (
         "built-in default (pretrained EM model)"

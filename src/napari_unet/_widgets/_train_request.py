@@ -17,8 +17,8 @@ from ._jobs import TrainRequest
 from ._layers import current_slice, image_problem, labels_problem, level0, snapshot
 
 if TYPE_CHECKING:
-    from ..annotations import AnnotationSummary
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
+    from ..training.annotations import AnnotationSummary
 
 
 class _SliceTracker:
@@ -49,7 +49,12 @@ class TrainRequestBuilder:
         A full pass (every slice) happens only when the layer, the mode or the
         whole array changes; a stroke re-summarises just the slices it touched.
         """
-        from ..annotations import AnnotationSettings, AnnotationSummary, annotated_slices, summarize
+        from ..training.annotations import (
+            AnnotationSettings,
+            AnnotationSummary,
+            annotated_slices,
+            summarize,
+        )
 
         labels = self.annotation.value
         if labels is None:
@@ -133,9 +138,9 @@ class TrainRequestBuilder:
 
     def build_request(self) -> TrainRequest:
         """Settings and data for the worker, gathered on the main thread."""
-        from ..annotations import AnnotationSettings
-        from ..config import preset
-        from ..training import TrainingConfig
+        from ..model.config import preset
+        from ..training.annotations import AnnotationSettings
+        from ..training.trainer import TrainingConfig
 
         image, labels = self.image.value, self.annotation.value
         config = TrainingConfig(

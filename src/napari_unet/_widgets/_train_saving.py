@@ -28,7 +28,12 @@ class TrainSaving:
         """
         from napari.utils.notifications import show_warning
 
-        from .._saving import DestinationError, ModelNotSaved, check_destination, save_with_fallback
+        from ..io._saving import (
+            DestinationError,
+            ModelNotSaved,
+            check_destination,
+            save_with_fallback,
+        )
 
         if self.trained is None:
             self.set_status("Train a model first.", "error")

@@ -1,6 +1,6 @@
 """Batch dock widget: segment a folder (or a list) of TIFF stacks into an output folder.
 
-The GUI face of :mod:`napari_unet.batch` (the engine behind ``napari-unet
+The GUI face of :mod:`napari_unet.prediction.batch` (the engine behind ``napari-unet
 segment``): the same options as the command line, run in a napari
 ``thread_worker`` (:func:`batch_job`) with Start/Cancel, an overall progress
 bar (files) and one for the file being segmented (slices). A table lists
@@ -43,7 +43,7 @@ from ._job_model_source import ModelSourceMixin
 if TYPE_CHECKING:
     import napari
 
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
 
 __all__ = [
     "COL_DETAILS",

@@ -41,7 +41,7 @@ from ._segment_job import SegmentJobMixin
 if TYPE_CHECKING:
     import napari
 
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
     def _set_tile_default(self, model: TrainedModel) -> None:
         """Legal tile sizes for this model, and the engine's default for the device."""
         from .. import devices
-        from ..overlap_tile import TileGrid, default_tile_size
+        from ..prediction.overlap_tile import TileGrid, default_tile_size
 
         try:
             device_type = devices.resolve_device(self.device.value).type

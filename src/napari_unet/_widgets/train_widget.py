@@ -37,8 +37,8 @@ if TYPE_CHECKING:
     import napari
     from napari.layers import Image, Labels
 
-    from ..annotations import AnnotationSummary
-    from ..checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
+    from ..training.annotations import AnnotationSummary
 
 # re-exported: the panel's constants and helpers are still reachable from here
 __all__ = [
@@ -56,7 +56,7 @@ class TrainWidget(TrainForm, TrainRequestBuilder, TrainRun, TrainSaving, JobWidg
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(viewer, start_text="Start training")
-        from ..pretrained import default_checkpoint
+        from ..model.pretrained import default_checkpoint
 
         self._shipped = default_checkpoint()
         # per-slice summaries of the annotation layer, kept up to date stroke by stroke

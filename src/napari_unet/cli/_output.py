@@ -47,7 +47,7 @@ def progress_bar(**kwargs: Any) -> Any:
 
 def print_summary(results: Sequence[Any], outdir: Path, n_total: int | None = None) -> None:
     """The table at the end of a batch: what was done, skipped and why files failed."""
-    from ..batch import summarize_results
+    from ..prediction.batch import summarize_results
 
     counts = summarize_results(results)
     print()

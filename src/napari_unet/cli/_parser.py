@@ -112,7 +112,7 @@ def _add_train(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: tup
                    help="where to save the trained model (e.g. model.pt)")
     p.add_argument("--from", dest="from_", metavar="CHECKPOINT",
                    help="fine-tune this checkpoint ('default' = the built-in model)")
-    from ..config import PRESETS
+    from ..model.config import PRESETS
 
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="network size for training from scratch (default: 'default')")
@@ -151,7 +151,7 @@ def _add_segment(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: t
                    help="checkpoint file ('default' = the built-in model)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--instances", action="store_true", help="also write object (instance) labels")
-    from ..prediction_settings import INSTANCE_METHODS, PRECISION_CHOICES
+    from ..prediction.settings import INSTANCE_METHODS, PRECISION_CHOICES
 
     p.add_argument("--instance-method", choices=INSTANCE_METHODS, default="components",
                    help="how objects are separated (default: components); 'fill' grows them over the "

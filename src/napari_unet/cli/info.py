@@ -23,7 +23,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     from .. import __version__
     from ..devices import available_devices, cpu_only_torch_warning, nvidia_gpu_present
-    from ..pretrained import default_checkpoint
+    from ..model.pretrained import default_checkpoint
 
     print(f"napari-unet {__version__}")
     print(f"Python {platform.python_version()} on {platform.platform(terse=True)} ({platform.machine()})")

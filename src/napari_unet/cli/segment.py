@@ -21,7 +21,7 @@ from ._signals import _ctrl_c
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from ..batch import BatchOptions
+    from ..prediction.batch import BatchOptions
 
     return BatchOptions(
         instances=args.instances,
@@ -39,8 +39,8 @@ def _options(args: argparse.Namespace) -> Any:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from ..batch import batch_segment_steps, expand_inputs, resolve_model_path
     from ..errors import Cancelled
+    from ..prediction.batch import batch_segment_steps, expand_inputs, resolve_model_path
 
     options = _options(args)
     paths = expand_inputs(args.inputs)
@@ -69,7 +69,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     try:
         with _ctrl_c(on_first), files_bar, slice_bar:
             if args.scheduler:
-                from ..cluster import batch_segment_distributed
+                from ..prediction.cluster import batch_segment_distributed
 
                 print(f"Segmenting {len(paths)} file(s) on the dask cluster at {args.scheduler}.")
                 batch_segment_distributed(

@@ -21,7 +21,7 @@ BALANCE_OPTIONS: dict[str, Any] = {"auto": "auto", "on": True, "off": False}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .._saving import (
+    from ..io._saving import (
         DestinationError,
         DestinationExists,
         ModelNotSaved,
@@ -29,8 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_bytes,
         save_with_fallback,
     )
-    from ..tiff_io import TiffSlices, read_tiff
-    from ..training import Trainer
+    from ..io.tiff import TiffSlices, read_tiff
+    from ..training.trainer import Trainer
 
     out = Path(args.output)
     try:  # now, not after minutes of training
@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _save_after_failure(trainer: Any, out: Path, exc: BaseException) -> int:
     """Training stopped on an error: save the weights kept at the last validation, if any."""
-    from .._saving import ModelNotSaved, save_with_fallback
+    from ..io._saving import ModelNotSaved, save_with_fallback
 
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     kept = trainer.kept_model(stopped_by_error=reason)
@@ -119,10 +119,10 @@ def _save_after_failure(trainer: Any, out: Path, exc: BaseException) -> int:
 
 def _starting_point(args: argparse.Namespace) -> tuple[Any, Any, str]:
     """What training starts from: (checkpoint or None, architecture or None, the words for it)."""
-    from ..batch import resolve_model_path
-    from ..checkpoint import load_checkpoint
-    from ..config import preset
-    from ..pretrained import default_checkpoint
+    from ..model.checkpoint import load_checkpoint
+    from ..model.config import preset
+    from ..model.pretrained import default_checkpoint
+    from ..prediction.batch import resolve_model_path
 
     init = None
     model_cfg = None
@@ -145,15 +145,15 @@ def _training_config(args: argparse.Namespace, init: Any) -> Any:
     """The TrainingConfig from the flags, over the resumed run's recipe (with --resume)."""
     from dataclasses import fields, replace
 
-    from ..annotations import AnnotationSettings
-    from ..training import TrainingConfig
+    from ..training.annotations import AnnotationSettings
+    from ..training.trainer import TrainingConfig
 
     base: dict[str, Any] = {}
     recipe = None
     if args.resume and init is not None:
         # continue the run with its whole recipe (augmentation and normalisation included)
         # unless told otherwise; --device always applies
-        from ..training import HARDWARE_FIELDS
+        from ..training.trainer import HARDWARE_FIELDS
 
         recipe = init.training_config()
         if recipe is not None:
@@ -168,7 +168,7 @@ def _training_config(args: argparse.Namespace, init: Any) -> Any:
     }
     base.update({k: v for k, v in chosen.items() if v is not None})
     if "learning_rate" not in base and init is not None:
-        from ..config import FINETUNE_LEARNING_RATE
+        from ..model.config import FINETUNE_LEARNING_RATE
 
         base["learning_rate"] = FINETUNE_LEARNING_RATE  # fine-tuning: keep what the model knows
     # a resumed run keeps how its labels were read unless a flag says otherwise

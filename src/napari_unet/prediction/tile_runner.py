@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import (
+from ..devices import (
     autocast_dtype,
     autocast_to,
     dtype_name,

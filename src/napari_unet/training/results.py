@@ -1,6 +1,6 @@
 """What a training run gives back: its networks as :class:`TrainedModel`s with how they were made.
 
-:class:`RunResults` is the part of :class:`~napari_unet.training.Trainer` that turns
+:class:`RunResults` is the part of :class:`~napari_unet.training.trainer.Trainer` that turns
 the kept weights (or the weights of the moment) into a model to predict with or
 to save; it reads the trainer's settings and split and changes nothing.
 """
@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .checkpoint import TrainedModel
+from ..model.checkpoint import TrainedModel
+from ..model.normalization import Normalization
+from ..model.unet import UNet
 from .held_out import Split
 from .kept_weights import KeptWeights
-from .model import UNet
-from .normalization import Normalization
 
 if TYPE_CHECKING:
     from .annotations import AnnotatedSlice
-    from .training_config import TrainingConfig
+    from .config import TrainingConfig
 
 __all__ = ["RunResults"]
 

@@ -2,7 +2,7 @@
 
 Use an existing distributed engine rather than anything home-made: every
 input becomes one ``dask.distributed`` task that runs the same streaming
-per-file code as :mod:`napari_unet.batch` on a worker. Each worker process
+per-file code as :mod:`napari_unet.prediction.batch` on a worker. Each worker process
 loads the checkpoint once (a module-level cache keyed by path and sha256)
 and keeps it for all the stacks it is given. Workers must see the inputs,
 the output folder and the checkpoint under the same paths as the client (a
@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..errors import Cancelled
 from .batch import (
     BatchEngine,
     BatchOptions,
@@ -34,7 +35,6 @@ from .batch import (
     resolve_model_path,
     segment_with_engine,
 )
-from .errors import Cancelled
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ LOADS = 0
 def _worker_model(model_path: str, sha256: str) -> Any:
     """The checkpoint, loaded once per process (the cache survives across tasks)."""
     global LOADS
-    from .checkpoint import load_checkpoint
+    from ..model.checkpoint import load_checkpoint
 
     key = (model_path, sha256)
     with _MODELS_LOCK:
@@ -160,7 +160,7 @@ def batch_segment_distributed(
             "distributed batches need the model as a checkpoint file that the workers can read; "
             "save it first (trained.save('model.pt'))"
         )
-    from .checkpoint import load_checkpoint
+    from ..model.checkpoint import load_checkpoint
 
     options = options or BatchOptions()
     paths = expand_inputs(inputs)

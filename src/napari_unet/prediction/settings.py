@@ -2,7 +2,7 @@
 
 The Python API (``predict``), the CLI, the Segment and Batch panels, batch
 files and the cluster all build a :class:`PredictionSettings` (or the
-:class:`~napari_unet.batch.BatchOptions` that extends it with what to write)
+:class:`~napari_unet.prediction.batch.BatchOptions` that extends it with what to write)
 and hand it on, so that a new prediction option is added here, once, and is
 validated once, at the edge, with a message a user can act on.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_positive_int
+from .._validation import check_positive_int
 
 #: How objects are separated in a foreground mask (see ``postprocess.instance_labels``):
 #: the one list the engine, CLI, panels and docs offer.

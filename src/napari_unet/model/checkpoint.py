@@ -28,17 +28,17 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ._atomic import atomic_path
-from .annotations import AnnotationSettings
+from ..errors import CheckpointError
+from ..io._atomic import atomic_path
+from ..training.annotations import AnnotationSettings
 from .config import UNetConfig
-from .errors import CheckpointError
-from .model import UNet
 from .normalization import Normalization
+from .unet import UNet
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .training import TrainingConfig
+    from ..training.trainer import TrainingConfig
 
 FORMAT = "napari-unet-checkpoint"
 FORMAT_VERSION = 1
@@ -58,7 +58,7 @@ _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def _package_version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__
 
@@ -112,7 +112,7 @@ class TrainedModel:
         ignored with a warning (a newer napari-unet may add some); values that cannot
         be a TrainingConfig raise :class:`CheckpointError`.
         """
-        from .training import HARDWARE_FIELDS, TrainingConfig
+        from ..training.trainer import HARDWARE_FIELDS, TrainingConfig
 
         settings = self.training.get("settings") if isinstance(self.training, dict) else None
         if settings is None:

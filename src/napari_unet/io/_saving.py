@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from ._atomic import remove_stale_temps, temp_name
 
 if TYPE_CHECKING:
-    from .checkpoint import TrainedModel
+    from ..model.checkpoint import TrainedModel
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ Conventions shared by every loss here:
   the normal case in this project, so ignored pixels never contribute to any
   loss, Dice included.
 * ``weight``: float tensor ``(N, H, W)`` or None (e.g. the U-Net border weight
-  map from :mod:`napari_unet.weightmap`).
+  map from :mod:`napari_unet.training.weightmap`).
 
 Every loss computes in float32 (``logits.float()``) so it is safe under
 ``torch.autocast``, and returns a scalar that stays attached to the autograd

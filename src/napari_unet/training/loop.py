@@ -2,7 +2,7 @@
 
 A :class:`TrainingRun` holds what exists only while a run goes: the network on
 the device, the optimiser, the batch feed, the timing and the best validation
-Dice seen. It calls back into its :class:`~napari_unet.training.Trainer` for the
+Dice seen. It calls back into its :class:`~napari_unet.training.trainer.Trainer` for the
 learning rate, the step and validation (``Trainer._validate`` is replaced in
 tests), and writes the trainer's kept weights, history and result.
 """
@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from . import devices
+from .. import devices
+from .config import TrainEvent
 from .kept_weights import KeptWeights, cpu_state
 from .losses import get_loss
-from .training_config import TrainEvent
-from .training_step import BatchFeed, Throughput
+from .step import BatchFeed, Throughput
 
 if TYPE_CHECKING:
-    from .training import Trainer
+    from .trainer import Trainer
 
 __all__ = ["TrainingRun"]
 

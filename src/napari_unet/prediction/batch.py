@@ -1,7 +1,7 @@
 """Batch segmentation of TIFF stacks, including stacks far larger than memory.
 
 The same trained model is applied to many files, unattended. Every input is
-read lazily (:class:`~napari_unet.tiff_io.TiffSlices`), predicted slice by
+read lazily (:class:`~napari_unet.io.tiff.TiffSlices`), predicted slice by
 slice and written page by page to hidden temporary files that are renamed
 into place only when the whole file is done; so peak memory is a few slices
 whatever the depth, and an interrupted batch resumes where it stopped
@@ -46,12 +46,12 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from . import __version__
-from ._atomic import remove_stale_temps, temp_beside
-from ._validation import as_stack
-from .errors import Cancelled
-from .prediction_settings import INSTANCE_METHODS, PredictionSettings
-from .tiff_io import TIFF_SUFFIXES, TiffPageWriter, TiffSlices, write_tiff_pages
+from .. import __version__
+from .._validation import as_stack
+from ..errors import Cancelled
+from ..io._atomic import remove_stale_temps, temp_beside
+from ..io.tiff import TIFF_SUFFIXES, TiffPageWriter, TiffSlices, write_tiff_pages
+from .settings import INSTANCE_METHODS, PredictionSettings
 
 logger = logging.getLogger(__name__)
 
@@ -240,7 +240,7 @@ def _weights_sha256(trained: Any) -> str:
 def resolve_model_path(model: str | os.PathLike) -> Path:
     """A checkpoint path, with ``"default"`` meaning the pretrained model shipped with the package."""
     if os.fspath(model) == "default" and not Path("default").exists():
-        from .pretrained import default_checkpoint
+        from ..model.pretrained import default_checkpoint
 
         path = default_checkpoint()
         if path is None:
@@ -260,7 +260,7 @@ def load_model(model: Any) -> tuple[Any, dict[str, Any]]:
 
     ``identity`` (path and sha256) goes into every provenance record.
     """
-    from .checkpoint import TrainedModel, load_checkpoint
+    from ..model.checkpoint import TrainedModel, load_checkpoint
 
     if isinstance(model, TrainedModel):
         return model, {"path": None, "weights_sha256": _weights_sha256(model)}
@@ -290,7 +290,7 @@ class BatchEngine:
     """
 
     def __init__(self, trained: Any, identity: dict[str, Any], options: BatchOptions) -> None:
-        from .stack_prediction import PredictionEngine
+        from .stack import PredictionEngine
 
         self.trained = trained
         self.identity = identity
@@ -429,7 +429,7 @@ def segment_with_engine(
 
     The per-file half of :func:`batch_segment_steps` and of the cluster's tasks.
     """
-    from .stack_prediction import StackPrediction
+    from .stack import StackPrediction
 
     t0 = time.perf_counter()
     path = Path(path)
@@ -545,7 +545,7 @@ def segment_file_steps(
 ) -> Generator[tuple[int, int], None, FileResult]:
     """Segment one file: yields ``(slices_done, slices_total)``, returns its :class:`FileResult`.
 
-    ``model`` is a :class:`~napari_unet.checkpoint.TrainedModel` (or a
+    ``model`` is a :class:`~napari_unet.model.checkpoint.TrainedModel` (or a
     checkpoint path). Raises :class:`~napari_unet.errors.Cancelled` when
     ``should_stop()`` turns true, after deleting the temporary outputs.
     """

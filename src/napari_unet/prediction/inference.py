@@ -13,9 +13,9 @@ from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
-from ._validation import as_stack
-from .checkpoint import TrainedModel, load_checkpoint
-from .prediction_settings import PredictionSettings
+from .._validation import as_stack
+from ..model.checkpoint import TrainedModel, load_checkpoint
+from .settings import PredictionSettings
 
 
 @dataclass
@@ -62,7 +62,7 @@ def predict_steps(
 ) -> Generator[PredictProgress, None, Prediction]:
     """Predict ``image`` slice by slice; yields progress, returns the :class:`Prediction`.
 
-    How to predict is a :class:`~napari_unet.prediction_settings.PredictionSettings`
+    How to predict is a :class:`~napari_unet.prediction.settings.PredictionSettings`
     (``settings``), or its fields as keywords (``tile_size``, ``batch_size``,
     ``tta``, ``device``, ``amp``, ``probabilities``, ``instances``,
     ``instance_method``, ``min_size``, ``threshold``), which replace those of
@@ -72,7 +72,7 @@ def predict_steps(
     percentile models. ``notice`` hears what the engine changed on its own
     (smaller tiles after running out of GPU memory).
     """
-    from .stack_prediction import PredictionEngine, StackPrediction
+    from .stack import PredictionEngine, StackPrediction
 
     settings = PredictionSettings.build(settings, **options)
     trained = _resolve_model(model)

@@ -24,11 +24,11 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ._validation import check_finite
-from .devices import release_memory, resolve_device
-from .errors import Cancelled
-from .normalization import Normalization
-from .prediction_settings import PredictionSettings
+from .._validation import check_finite
+from ..devices import release_memory, resolve_device
+from ..errors import Cancelled
+from ..model.normalization import Normalization
+from .settings import PredictionSettings
 
 StopCallback = Callable[[], bool]
 _UINT32_MAX = int(np.iinfo(np.uint32).max)

@@ -13,11 +13,11 @@ from typing import Any, Callable, Literal, Mapping
 
 import numpy as np
 
-from . import devices
+from .. import devices
+from ..model.normalization import Normalization
 from .annotations import AnnotationSettings
 from .augment import AugmentConfig
 from .losses import get_loss
-from .normalization import Normalization
 
 __all__ = ["HARDWARE_FIELDS", "TrainEvent", "TrainingConfig"]
 

@@ -149,7 +149,7 @@ class UNet(nn.Module):
     """2D U-Net returning per-class logits.
 
     Args:
-        config: architecture; see :class:`~napari_unet.config.UNetConfig`.
+        config: architecture; see :class:`~napari_unet.model.config.UNetConfig`.
 
     Input ``(N, in_channels, H, W)`` with H and W legal sizes (see
     :attr:`geometry`); output ``(N, n_classes, H - 2*margin, W - 2*margin)``.

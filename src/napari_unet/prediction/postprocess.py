@@ -17,7 +17,7 @@ from skimage.measure import label as connected_components
 from skimage.morphology import h_maxima
 from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
-from .prediction_settings import INSTANCE_METHODS
+from .settings import INSTANCE_METHODS
 
 InstanceMethod = Literal["components", "watershed", "fill"]
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import torch
 
-from .checkpoint import TrainedModel, load_checkpoint, transfer_weights
-from .config import UNetConfig
-from .errors import CheckpointError
-from .model import UNet
+from ..errors import CheckpointError
+from ..model.checkpoint import TrainedModel, load_checkpoint, transfer_weights
+from ..model.config import UNetConfig
+from ..model.unet import UNet
 
 __all__ = ["StartingPoint", "starting_point"]
 

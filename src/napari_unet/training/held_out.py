@@ -14,8 +14,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..model.unet import UNet
 from .annotations import IGNORE, AnnotatedSlice
-from .model import UNet
 
 __all__ = ["Split", "foreground_dice", "held_out_dice", "split_slices"]
 
@@ -105,7 +105,7 @@ def held_out_dice(
     ``normalised(z)`` gives slice ``z`` as the network sees it. The model is put in
     eval mode for the prediction and back in train mode afterwards.
     """
-    from .overlap_tile import TilePredictor
+    from ..prediction.overlap_tile import TilePredictor
 
     model.eval()
     predictor = TilePredictor(model, batch_size=batch_size, device=device, amp=amp)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from . import devices
+from .. import devices
 from .sampling import PatchSampler
 
 logger = logging.getLogger(__name__)

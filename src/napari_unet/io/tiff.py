@@ -191,7 +191,7 @@ class TiffSlices:
     inconsistent metadata, shape not 2D/3D grey) raise ``ValueError`` when
     opened, not half-way through a batch.
 
-    Indexing follows numpy for what :class:`~napari_unet.normalization.Normalization`
+    Indexing follows numpy for what :class:`~napari_unet.model.normalization.Normalization`
     and the engine use: ``stack[z]``, ``stack[z, ::4, ::4]``, ``stack[a:b]``.
     Not thread-safe beyond a lock around each read; open one per thread.
     """

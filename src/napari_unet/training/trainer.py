@@ -17,24 +17,24 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from . import devices
-from ._validation import as_stack, check_finite, check_labels
+from .. import devices
+from .._validation import as_stack, check_finite, check_labels
+from ..model.checkpoint import TrainedModel
+from ..model.config import FINETUNE_LEARNING_RATE, UNetConfig
+from ..model.normalization import Normalization
+from ..model.unet import UNet
 from .annotations import class_names_for, n_classes_for, prepare_slices
-from .checkpoint import TrainedModel
-from .config import FINETUNE_LEARNING_RATE, UNetConfig
+from .config import HARDWARE_FIELDS as HARDWARE_FIELDS
+from .config import TrainEvent, TrainingConfig
 from .held_out import foreground_dice as foreground_dice
 from .held_out import held_out_dice
 from .held_out import split_slices as _split
 from .kept_weights import KeptWeights, replaces_kept
-from .model import UNet
-from .normalization import Normalization
+from .loop import TrainingRun
+from .results import RunResults
 from .sampling import PatchSampler
-from .training_config import HARDWARE_FIELDS as HARDWARE_FIELDS
-from .training_config import TrainEvent, TrainingConfig
-from .training_loop import TrainingRun
-from .training_results import RunResults
-from .training_start import starting_point
-from .training_step import lr_factor, optimiser_step
+from .start import starting_point
+from .step import lr_factor, optimiser_step
 
 __all__ = ["FINETUNE_LEARNING_RATE", "KeptWeights", "TrainEvent", "Trainer", "TrainingConfig", "train"]
 
@@ -44,7 +44,7 @@ class Trainer(RunResults):
 
     Args:
         image: (Z, Y, X) or (Y, X) stack (uint8/uint16/float; lazy arrays are fine).
-        labels: annotations of the same shape; see :mod:`napari_unet.annotations`.
+        labels: annotations of the same shape; see :mod:`napari_unet.training.annotations`.
         config: training settings.
         model: architecture for training from scratch (default :class:`UNetConfig`).
         init: checkpoint path or :class:`TrainedModel` to fine-tune from. Its

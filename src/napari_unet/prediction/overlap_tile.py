@@ -14,12 +14,12 @@ Valid-padding networks (the paper's overlap-tile strategy)
 Same-padding networks
     Outputs near a tile edge have seen zero padding, so tiles overlap by
     ``overlap`` and are blended with a window that favours tile centres
-    (:func:`~napari_unet.tiling.blend_window`).
+    (:func:`~napari_unet.prediction.tiling.blend_window`).
 
 Where tiles may start (on the network's pooling grid) and which tile sizes
-are legal is :mod:`napari_unet.tile_plan`'s business; running the batches on
+are legal is :mod:`napari_unet.prediction.tile_plan`'s business; running the batches on
 the device (precision, test-time augmentation, running out of memory) is
-:mod:`napari_unet.tile_runner`'s. This module cuts, stitches and blends.
+:mod:`napari_unet.prediction.tile_runner`'s. This module cuts, stitches and blends.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .devices import is_out_of_memory, resolve_device
-from .errors import Cancelled
+from ..devices import is_out_of_memory, resolve_device
+from ..errors import Cancelled
 from .tile_plan import DEFAULT_TILE as DEFAULT_TILE  # re-exported: the public API
 from .tile_plan import DEFAULT_TILE_OTHER as DEFAULT_TILE_OTHER
 from .tile_plan import (
@@ -229,7 +229,7 @@ class TilePredictor:
     """Predict class probabilities of slices and stacks tile by tile.
 
     Args:
-        model: a :class:`~napari_unet.model.UNet`, or any module (or plain
+        model: a :class:`~napari_unet.model.unet.UNet`, or any module (or plain
             callable) with the same ``.geometry`` and ``.config`` attributes
             that maps ``(N, 1, H, W)`` to ``(N, n_classes, H - 2*margin,
             W - 2*margin)`` logits; fakes of this kind test the stitching.

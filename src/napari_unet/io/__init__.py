@@ -1,0 +1,1 @@
+"""Files: TIFF stacks, atomic writes, saving with a rescue path."""

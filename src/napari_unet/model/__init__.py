@@ -1,0 +1,1 @@
+"""The network: its config, the U-Net, normalization, checkpoints and the shipped weights."""

@@ -1,0 +1,1 @@
+"""Prediction: settings, overlap-tile prediction, post-processing, batch and cluster runs."""

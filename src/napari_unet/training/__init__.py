@@ -1,0 +1,1 @@
+"""Training: painted slices to samples, weight maps and losses, the training loop."""
