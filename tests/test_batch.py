@@ -12,7 +12,8 @@ import tifffile
 from batch_helpers import SPACING, UNIT, save_tiny_model, tiny_model, write_stack
 
 from napari_unet.errors import Cancelled
-from napari_unet.io.tiff import TiffPageWriter, TiffSlices, read_tiff, write_tiff, write_tiff_pages
+from napari_unet.io.tiff import TiffPageWriter, read_tiff, write_tiff, write_tiff_pages
+from napari_unet.io.tiff_slices import TiffSlices
 from napari_unet.prediction.batch import (
     BatchOptions,
     FileResult,

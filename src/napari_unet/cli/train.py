@@ -29,7 +29,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         checkpoint_bytes,
         save_with_fallback,
     )
-    from ..io.tiff import TiffSlices, read_tiff
+    from ..io.tiff import read_tiff
+    from ..io.tiff_slices import TiffSlices
     from ..training.trainer import Trainer
 
     out = Path(args.output)

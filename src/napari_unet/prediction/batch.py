@@ -50,7 +50,8 @@ from .. import __version__
 from .._validation import as_stack
 from ..errors import Cancelled
 from ..io._atomic import remove_stale_temps, temp_beside
-from ..io.tiff import TIFF_SUFFIXES, TiffPageWriter, TiffSlices, write_tiff_pages
+from ..io.tiff import TIFF_SUFFIXES, TiffPageWriter, write_tiff_pages
+from ..io.tiff_slices import TiffSlices
 from .settings import INSTANCE_METHODS, PredictionSettings
 
 logger = logging.getLogger(__name__)
