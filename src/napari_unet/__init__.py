@@ -19,6 +19,8 @@ _EXPORTS = {
     "Geometry": "model.unet",
     "AnnotationSettings": "training.annotations",
     "summarize": "training.annotations",
+    "suggest_slices": "training.suggest",
+    "copy_prediction": "training.correction",
     "boundary_weight_map": "training.weightmap",
     "AugmentConfig": "training.augment",
     "Normalization": "model.normalization",
@@ -72,5 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .synthetic import synthetic_em_stack
     from .training.annotations import AnnotationSettings, summarize
     from .training.augment import AugmentConfig
+    from .training.correction import copy_prediction
+    from .training.suggest import suggest_slices
     from .training.trainer import Trainer, TrainEvent, TrainingConfig, train
     from .training.weightmap import boundary_weight_map

@@ -52,7 +52,8 @@ Outputs per input <stem>.tif in OUTDIR (same Z/Y/X shape, compressed,
 resolution copied): <stem>_labels.tif (uint8 class ids), with --instances
 <stem>_instances.tif (uint16, or uint32 when the ids need it; objects are
 labelled per z-slice with ids unique across the stack), with --probabilities
-<stem>_probabilities.tif, and <stem>_provenance.json (model checksum,
+<stem>_probabilities.tif, with --uncertainty <stem>_uncertainty.tif (per-pixel
+uncertainty in [0, 1]), and <stem>_provenance.json (model checksum,
 settings, versions, timings). Files are written to hidden temporary files and
 renamed when complete; existing outputs are skipped unless --overwrite, so
 re-running an interrupted command resumes it. Exit code 0 when every input
@@ -152,6 +153,7 @@ def _add_segment(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: t
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--instances", action="store_true", help="also write object (instance) labels")
     from ..prediction.settings import INSTANCE_METHODS, PRECISION_CHOICES
+    from ..prediction.uncertainty import UNCERTAINTY_METHODS
 
     p.add_argument("--instance-method", choices=INSTANCE_METHODS, default="components",
                    help="how objects are separated (default: components); 'fill' grows them over the "
@@ -161,6 +163,12 @@ def _add_segment(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: t
     p.add_argument("--probabilities", action="store_true", help="also write the foreground probability")
     p.add_argument("--probability-dtype", choices=("uint8", "float16"), default="uint8",
                    help="uint8 (0..255, default) or float16")
+    p.add_argument("--uncertainty", action="store_true",
+                   help="also write <stem>_uncertainty.tif, per-pixel uncertainty in [0, 1] "
+                        "(same dtype as --probability-dtype)")
+    p.add_argument("--uncertainty-method", choices=UNCERTAINTY_METHODS, default="entropy",
+                   help="entropy of the softmax (default) or tta: disagreement of the 8 "
+                        "flips/rotations (needs --tta)")
     p.add_argument("--tile", type=int, metavar="PX",
                    help="tile edge for prediction (default 512 on GPU, 256 on CPU)")
     p.add_argument("--batch-size", type=int, default=4, metavar="N", help="tiles per forward pass")

@@ -35,6 +35,8 @@ def _options(args: argparse.Namespace) -> Any:
         min_size=args.min_size,
         instance_method=args.instance_method,
         precision=args.precision,
+        uncertainty=args.uncertainty,
+        uncertainty_method=args.uncertainty_method,
     )
 
 

@@ -1,7 +1,7 @@
 """Batch segmentation of TIFF stacks, including stacks far larger than memory.
 
 The same trained model is applied to many files, unattended. Every input is
-read lazily (:class:`~napari_unet.io.tiff.TiffSlices`), predicted slice by
+read lazily (:class:`~napari_unet.io.tiff_slices.TiffSlices`), predicted slice by
 slice and written page by page to hidden temporary files that are renamed
 into place only when the whole file is done; so peak memory is a few slices
 whatever the depth, and an interrupted batch resumes where it stopped
@@ -18,6 +18,8 @@ zlib-compressed, with its pixel size, z spacing and unit:
   the ids are written as uint32 first, then re-encoded page by page.
 - ``<stem>_probabilities.tif`` (``probabilities=True``): foreground
   probability ``1 - p(background)``, uint8 scaled to 0..255 or float16.
+- ``<stem>_uncertainty.tif`` (``uncertainty=True``): per-pixel uncertainty in
+  [0, 1] (``uncertainty_method``), in the probabilities' dtype and scaling.
 - ``<stem>_provenance.json``: model path and sha256, settings, package and
   torch versions, timings, input shape. Written last: it marks a finished file.
 
@@ -60,10 +62,12 @@ StopCallback = Callable[[], bool]
 
 #: Output kinds, in the order they are renamed into place (provenance last).
 LABELS, INSTANCES, PROBABILITIES, PROVENANCE = "labels", "instances", "probabilities", "provenance"
+UNCERTAINTY = "uncertainty"
 _SUFFIX = {
     LABELS: "_labels.tif",
     INSTANCES: "_instances.tif",
     PROBABILITIES: "_probabilities.tif",
+    UNCERTAINTY: "_uncertainty.tif",
     PROVENANCE: "_provenance.json",
 }
 PROBABILITY_DTYPES = ("uint8", "float16")
@@ -77,8 +81,9 @@ class BatchOptions(PredictionSettings):
 
     The prediction fields mean what they mean everywhere; here
     ``probabilities`` (default False) asks for a ``_probabilities.tif`` and
-    ``instances`` for an ``_instances.tif``. Batch-only: ``probability_dtype``
-    and ``overwrite``.
+    ``instances`` for an ``_instances.tif``, ``uncertainty`` for an
+    ``_uncertainty.tif``. Batch-only: ``probability_dtype`` (also the
+    uncertainty map's) and ``overwrite``.
     """
 
     probabilities: bool = False
@@ -187,6 +192,8 @@ def output_paths(input: Path, outdir: Path, options: BatchOptions) -> dict[str, 
         kinds.append(INSTANCES)
     if options.probabilities:
         kinds.append(PROBABILITIES)
+    if options.uncertainty:
+        kinds.append(UNCERTAINTY)
     kinds.append(PROVENANCE)
     return {k: Path(outdir) / f"{stem}{_SUFFIX[k]}" for k in kinds}
 
@@ -362,10 +369,16 @@ def _open_writers(
     if INSTANCES in wanted:
         # ids grow through the stack: uint32 now, uint16 at the end if they fit
         writers[INSTANCES] = TiffPageWriter(targets[INSTANCES], shape, np.uint32, **meta)
-    if PROBABILITIES in wanted:
-        writers[PROBABILITIES] = TiffPageWriter(
-            targets[PROBABILITIES], shape, np.dtype(options.probability_dtype), **meta
-        )
+    for kind in (PROBABILITIES, UNCERTAINTY):
+        if kind in wanted:
+            writers[kind] = TiffPageWriter(targets[kind], shape, np.dtype(options.probability_dtype), **meta)
+
+
+def _unit_page(values: np.ndarray, dtype: str) -> np.ndarray:
+    """A [0, 1] map as a page: uint8 scaled to 0..255, or float16."""
+    if dtype == "uint8":
+        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return values.astype(np.float16)
 
 
 def _provenance(
@@ -467,6 +480,7 @@ def segment_with_engine(
             engine.engine.settings,
             instances=INSTANCES in wanted,
             probabilities=PROBABILITIES in wanted,
+            uncertainty=UNCERTAINTY in wanted,
         )
         walk = StackPrediction(engine.engine, stack, should_stop=should_stop, settings=settings)
 
@@ -478,12 +492,9 @@ def segment_with_engine(
             if INSTANCES in writers:
                 writers[INSTANCES].write(result.instances)
             if PROBABILITIES in writers:
-                foreground_p = result.foreground
-                if options.probability_dtype == "uint8":
-                    page = np.rint(np.clip(foreground_p, 0.0, 1.0) * 255.0).astype(np.uint8)
-                else:
-                    page = foreground_p.astype(np.float16)
-                writers[PROBABILITIES].write(page)
+                writers[PROBABILITIES].write(_unit_page(result.foreground, options.probability_dtype))
+            if UNCERTAINTY in writers:
+                writers[UNCERTAINTY].write(_unit_page(result.uncertainty, options.probability_dtype))
             z = result.z
             del result
             yield z + 1, depth
@@ -503,7 +514,7 @@ def segment_with_engine(
             finals[kind] = tmp
         if should_stop is not None and should_stop():
             raise Cancelled("batch cancelled")
-        for kind in (LABELS, INSTANCES, PROBABILITIES):
+        for kind in (LABELS, INSTANCES, PROBABILITIES, UNCERTAINTY):
             if kind in finals:
                 os.replace(finals[kind], targets[kind])
                 committed.append(targets[kind])

@@ -26,6 +26,12 @@ class Prediction:
     probabilities: np.ndarray | None  # float32 (Z, C, Y, X) or (C, Y, X)
     instances: np.ndarray | None  # uint32 object ids (0 = background)
     class_names: list[str]
+    #: float32 (Z, Y, X) or (Y, X) per-pixel uncertainty in [0, 1] (0 on slices
+    #: not predicted); None unless ``uncertainty=True``
+    uncertainty: np.ndarray | None = None
+    #: float32 (Z,) per-slice score (see ``uncertainty.slice_score``), NaN for
+    #: slices not predicted; (1,) for a 2D image; None unless ``uncertainty=True``
+    slice_scores: np.ndarray | None = None
 
     @property
     def foreground_probability(self) -> np.ndarray | None:
@@ -65,7 +71,8 @@ def predict_steps(
     How to predict is a :class:`~napari_unet.prediction.settings.PredictionSettings`
     (``settings``), or its fields as keywords (``tile_size``, ``batch_size``,
     ``tta``, ``device``, ``amp``, ``probabilities``, ``instances``,
-    ``instance_method``, ``min_size``, ``threshold``), which replace those of
+    ``instance_method``, ``min_size``, ``threshold``, ``uncertainty``,
+    ``uncertainty_method``, ...), which replace those of
     ``settings``. ``slices`` restricts prediction to some z indices (the
     others stay 0), e.g. the slice a user is looking at. Normalisation follows
     the model's recorded method, with statistics of the whole ``image`` for
@@ -73,6 +80,7 @@ def predict_steps(
     (smaller tiles after running out of GPU memory).
     """
     from .stack import PredictionEngine, StackPrediction
+    from .uncertainty import slice_score
 
     settings = PredictionSettings.build(settings, **options)
     trained = _resolve_model(model)
@@ -86,6 +94,8 @@ def predict_steps(
     semantic = np.zeros((z_, y_, x_), np.uint8)
     probs = np.zeros((z_, trained.n_classes, y_, x_), np.float32) if settings.probabilities else None
     inst = np.zeros((z_, y_, x_), np.uint32) if settings.instances else None
+    unc = np.zeros((z_, y_, x_), np.float32) if settings.uncertainty else None
+    scores = np.full(z_, np.nan, np.float32) if settings.uncertainty else None
     engine = PredictionEngine(
         trained, settings, should_stop=should_stop, tile_progress=tile_progress, notice=notice
     )
@@ -97,12 +107,16 @@ def predict_steps(
                 probs[result.z] = result.probabilities
             if inst is not None:
                 inst[result.z] = result.instances
+            if unc is not None and scores is not None:
+                unc[result.z] = result.uncertainty
+                scores[result.z] = slice_score(result.uncertainty)
             yield PredictProgress(i + 1, len(zs), result.z)
     if was_2d:
         semantic = semantic[0]
         probs = None if probs is None else probs[0]
         inst = None if inst is None else inst[0]
-    return Prediction(semantic, probs, inst, list(trained.class_names))
+        unc = None if unc is None else unc[0]
+    return Prediction(semantic, probs, inst, list(trained.class_names), unc, scores)
 
 
 def predict(model: TrainedModel | str | os.PathLike, image: Any, **kwargs: Any) -> Prediction:

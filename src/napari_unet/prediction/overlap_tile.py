@@ -113,7 +113,7 @@ def _stitch_slice(predictor: TilePredictor, image: np.ndarray, done: int, total:
     m = predictor.margin
     ih, iw = py.tile + 2 * m, px.tile + 2 * m
     origins = [(y, x) for y in py.starts for x in px.starts]
-    C = predictor.n_classes
+    C = predictor.n_classes + predictor.runner.extra_channels
     if predictor.valid:
         stitcher: _ExactStitcher | _BlendStitcher = _ExactStitcher(C, (Y, X), py, px)
     else:
@@ -152,6 +152,31 @@ def _predict_slice(
                 raise
             tile = predictor.runner.smaller_tile(predictor.tile_size, predictor.grid, exc)
             predictor.tile_size = tile
+
+
+def predict_slice_disagreement(
+    predictor: TilePredictor, image: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, Y, X)`` TTA-averaged probabilities and the ``(Y, X)`` TTA disagreement.
+
+    The probabilities are bit-identical to :meth:`TilePredictor.predict_slice`'s;
+    the variants' mean entropy travels as one more channel through the same
+    stitching, and the disagreement (mutual information, normalised to [0, 1])
+    is computed from both after stitching. Needs a predictor with ``tta=True``.
+    """
+    from .uncertainty import tta_disagreement
+
+    if not predictor.tta:
+        raise ValueError("the TTA disagreement needs a TilePredictor with tta=True")
+    image = _check_slice(image)
+    runner = predictor.runner
+    runner.disagreement = True
+    try:
+        out = _predict_slice(predictor, image, 0, predictor.n_tiles(image.shape))
+    finally:
+        runner.disagreement = False
+    probs = np.ascontiguousarray(out[: predictor.n_classes])
+    return probs, tta_disagreement(probs, out[predictor.n_classes])
 
 
 # ----------------------------------------------------------------- validation

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._validation import check_positive_int
+from .uncertainty import UNCERTAINTY_METHODS
 
 #: How objects are separated in a foreground mask (see ``postprocess.instance_labels``):
 #: the one list the engine, CLI, panels and docs offer.
@@ -55,6 +56,11 @@ class PredictionSettings:
             rounding, see BENCHMARKS.md), float32 elsewhere. ``"float32"``:
             always full precision. ``"bfloat16"``: bf16 even where it is only
             emulated (slow; a warning says so).
+        uncertainty: compute a per-pixel uncertainty map and a per-slice
+            score (to choose the next slice to paint).
+        uncertainty_method: one of :data:`UNCERTAINTY_METHODS`: ``"entropy"``
+            of the softmax, or ``"tta"`` disagreement of the 8 test-time
+            augmentation variants (needs ``tta=True``).
     """
 
     tile_size: int | None = None
@@ -68,6 +74,8 @@ class PredictionSettings:
     min_size: int = 0
     threshold: float | None = None
     precision: str = "auto"
+    uncertainty: bool = False
+    uncertainty_method: str = "entropy"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -75,7 +83,7 @@ class PredictionSettings:
             set_(self, "tile_size", check_positive_int(self.tile_size, "tile_size"))
         set_(self, "batch_size", check_positive_int(self.batch_size, "batch_size"))
         set_(self, "min_size", check_positive_int(self.min_size, "min_size", minimum=0))
-        for flag in ("tta", "amp", "probabilities", "instances"):
+        for flag in ("tta", "amp", "probabilities", "instances", "uncertainty"):
             value = getattr(self, flag)
             if not isinstance(value, (bool, np.bool_)):
                 raise ValueError(f"{flag} must be True or False, got {value!r}")
@@ -103,9 +111,22 @@ class PredictionSettings:
                 f"precision must be one of {PRECISION_CHOICES}, got {self.precision!r}"
             )
         set_(self, "precision", precision)
+        self._check_uncertainty()
         if self.precision == "bfloat16" and not self.amp:
             raise ValueError(
                 "precision='bfloat16' contradicts amp=False (which means float32); drop amp=False"
+            )
+
+    def _check_uncertainty(self) -> None:
+        if self.uncertainty_method not in UNCERTAINTY_METHODS:
+            raise ValueError(
+                f"uncertainty_method must be one of {UNCERTAINTY_METHODS}, "
+                f"got {self.uncertainty_method!r}"
+            )
+        if self.uncertainty and self.uncertainty_method == "tta" and not self.tta:
+            raise ValueError(
+                "uncertainty_method='tta' measures how the 8 test-time augmentation variants "
+                "disagree; set tta=True as well (or use uncertainty_method='entropy')"
             )
 
     @property

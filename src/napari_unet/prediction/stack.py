@@ -43,6 +43,7 @@ class SlicePrediction:
     semantic: np.ndarray  # (Y, X) uint8 class ids
     foreground: np.ndarray | None  # (Y, X) float32 1 - p(background), when asked for
     instances: np.ndarray | None  # (Y, X) uint32 ids, unique across the stack's slices
+    uncertainty: np.ndarray | None = None  # (Y, X) float32 in [0, 1], when asked for
 
 
 class PredictionEngine:
@@ -157,7 +158,6 @@ class StackPrediction:
         if self.engine.closed:
             raise RuntimeError("this PredictionEngine is closed; build a new one")
         settings = self.settings
-        predictor = self.engine.predictor
         t0 = time.perf_counter()
         self.low, self.high = self.engine.trained.normalization.statistics(self.stack)
         self.statistics_seconds = time.perf_counter() - t0
@@ -167,7 +167,7 @@ class StackPrediction:
             raw = np.asarray(self.stack[z])
             check_finite(raw, "image", f" (slice {z})")
             t1 = time.perf_counter()
-            probs = predictor.predict_slice(Normalization.apply(raw, self.low, self.high))
+            probs, uncertainty = self._network(Normalization.apply(raw, self.low, self.high))
             self.network_seconds += time.perf_counter() - t1
             semantic = semantic_labels(probs, settings.threshold)
             foreground = None
@@ -182,7 +182,18 @@ class StackPrediction:
                     probabilities=foreground if settings.needs_foreground else None,
                 )
                 ids = self._continue_ids(ids)
-            yield SlicePrediction(z, probs, semantic, foreground, ids)
+            yield SlicePrediction(z, probs, semantic, foreground, ids, uncertainty)
+
+    def _network(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities of one normalised slice and, when asked, its uncertainty map."""
+        from .overlap_tile import predict_slice_disagreement
+        from .uncertainty import normalized_entropy
+
+        settings, predictor = self.settings, self.engine.predictor
+        if settings.uncertainty and settings.uncertainty_method == "tta":
+            return predict_slice_disagreement(predictor, image)
+        probs = predictor.predict_slice(image)
+        return probs, normalized_entropy(probs) if settings.uncertainty else None
 
     def _continue_ids(self, ids: np.ndarray) -> np.ndarray:
         n = int(ids.max()) if ids.size else 0

@@ -53,6 +53,11 @@ def resolve_precision(
     return prediction_dtype(device, precision if amp else "float32")
 
 
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Per-pixel entropy (nats) of ``(B, C, h, w)`` probabilities, as ``(B, 1, h, w)``."""
+    return -(probs * torch.log(probs.clamp_min(1e-30))).sum(dim=1, keepdim=True)
+
+
 class TileRunner:
     """Maps ``(B, 1, h, w)`` input tiles to ``(B, C, h - 2m, w - 2m)`` CPU probabilities.
 
@@ -85,6 +90,9 @@ class TileRunner:
         self.margin = margin
         self.batch_size = batch_size
         self.tta = tta
+        #: With ``tta``: also return the variants' mean entropy (nats) as one
+        #: extra, last channel, from which the TTA disagreement is computed.
+        self.disagreement = False
         self.notice = notice
         #: What the runner changed on its own (e.g. after running out of memory).
         self.notices: list[str] = []
@@ -104,9 +112,18 @@ class TileRunner:
         # softmax in float32 whatever autocast computed the logits in
         return torch.softmax(logits.float(), dim=1)
 
+    @property
+    def extra_channels(self) -> int:
+        """Channels :meth:`run` returns after the class probabilities (0 or 1)."""
+        return int(self.tta and self.disagreement)
+
     def _augmented(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean of :meth:`forward` over the 8 flips/rotations of ``x``."""
-        probs = None
+        """The mean of :meth:`forward` over the 8 flips/rotations of ``x``.
+
+        With :attr:`disagreement`, the variants' mean entropy follows as one more
+        channel; the mean probabilities are computed as without it (bit-identical).
+        """
+        probs = entropy = None
         for k, flip in DIHEDRAL:
             xt = torch.rot90(x, k, dims=(2, 3))
             if flip:
@@ -116,7 +133,13 @@ class TileRunner:
                 y = torch.flip(y, dims=(3,))
             y = torch.rot90(y, -k, dims=(2, 3))
             probs = y if probs is None else probs + y
-        return probs / len(DIHEDRAL)  # type: ignore[operator]
+            if self.disagreement:
+                h = _entropy(y)
+                entropy = h if entropy is None else entropy + h
+        mean = probs / len(DIHEDRAL)  # type: ignore[operator]
+        if entropy is None:
+            return mean
+        return torch.cat([mean, entropy / len(DIHEDRAL)], dim=1)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """One pass over ``batch`` (whatever its length) -> probabilities on the CPU."""
@@ -127,7 +150,8 @@ class TileRunner:
             x = x.to(self.device)
         probs = self._augmented(x) if self.tta else self.forward(x)
         trim = 2 * self.margin
-        expected = (batch.shape[0], self.n_classes, batch.shape[2] - trim, batch.shape[3] - trim)
+        channels = self.n_classes + self.extra_channels
+        expected = (batch.shape[0], channels, batch.shape[2] - trim, batch.shape[3] - trim)
         if tuple(probs.shape) != expected:
             raise ValueError(
                 f"model returned shape {tuple(probs.shape)} for input {batch.shape}, expected "
