@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -164,3 +165,32 @@ def test_fine_tuning_shows_the_starting_model_at_once(data):
     first = items[1]  # before any training event: the starting model's view of slice 3
     assert isinstance(first, PreviewUpdate) and first.iteration == 0 and first.z == 3
     assert isinstance(outcome, TrainOutcome)
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice values are Linux's")
+def test_jobs_run_behind_the_viewer():
+    """A job thread is nicer than napari's, and its generator's values and result pass through."""
+    import threading
+
+    from napari_unet._widgets._job_runner import _JOB_NICE, _behind_the_viewer
+
+    def job(n):
+        yield os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return n * 2
+
+    seen = {}
+
+    def run():
+        gen = _behind_the_viewer(job, 21)
+        seen["nice"] = next(gen)
+        try:
+            next(gen)
+        except StopIteration as stop:
+            seen["result"] = stop.value
+
+    here = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    assert seen == {"nice": max(_JOB_NICE, here), "result": 42}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # napari's thread

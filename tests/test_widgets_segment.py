@@ -250,3 +250,28 @@ def test_instance_method_choice_reaches_the_job(make_napari_viewer):
     assert widget.build_request().settings.instance_method == "fill"
     widget.output.value = "semantic"
     assert widget.build_request().settings.instance_method == "components"
+
+
+def test_closing_the_panel_stops_its_job(make_napari_viewer, qtbot, tiny_model, monkeypatch):
+    """napari's close button unparents the panel and deletes its dock; the job must end too."""
+    import napari_unet._widgets._segment_job as segment_job_module
+    from napari_unet._widgets._state import models_for
+
+    seen = {}
+
+    def endless_job(request, cancel_event):
+        seen["cancel"] = cancel_event
+        while not cancel_event.is_set():
+            yield None
+            cancel_event.wait(0.01)
+
+    monkeypatch.setattr(segment_job_module, "segment_job", endless_job)
+    viewer = make_napari_viewer()
+    models_for(viewer).publish(tiny_model, "test model")
+    dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    widget.image.value = add_stack(viewer, shape=(4, 64, 64))
+    widget.device.value = "cpu"
+    click(widget.start)
+    qtbot.waitUntil(lambda: "cancel" in seen, timeout=10_000)
+    dock.destroyOnClose()  # what the dock's close button does
+    qtbot.waitUntil(lambda: seen["cancel"].is_set(), timeout=5_000)

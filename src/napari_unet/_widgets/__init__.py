@@ -12,7 +12,7 @@ Layout of this sub-package:
   the engine only and never touch Qt or layers.
 - ``_state``: the last trained model, shared by the Train and Segment widgets
   of one viewer.
-- ``_plot``: the live loss / validation plot (matplotlib in a Qt canvas).
+- ``_plot``: the live loss / validation plot (``_plot_figure``: its matplotlib figure, drawn on a background thread).
 - ``_common``: the base class the panels share (status line, device
   choices, running a job with a Start/Cancel button).
 - ``_job_runner``, ``_job_status``, ``_job_model_source``: the parts of that base

@@ -7,7 +7,9 @@ yields is handled here on the main thread, one handler at a time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
@@ -17,6 +19,10 @@ if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
 
 logger = logging.getLogger(__name__)
+
+
+#: Linux nice value of job threads (0 normal, 19 lowest): below napari's, not starved.
+_JOB_NICE = 10
 
 
 class JobRunnerMixin:
@@ -38,7 +44,7 @@ class JobRunnerMixin:
         self._pbar: Any = None
         self._pending: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._dispatching = False
-        self._stop_on_close: Callable[..., None] | None = None
+        self._close_guard: _CloseGuard | None = None
 
     @property
     def running(self) -> bool:
@@ -57,7 +63,9 @@ class JobRunnerMixin:
         from napari.utils import progress
 
         self._cancel_event = threading.Event()
-        worker = create_worker(job, request, self._cancel_event, _start_thread=False)
+        worker = create_worker(
+            _behind_the_viewer, job, request, self._cancel_event, _start_thread=False
+        )
 
         # values reach the handlers only while this worker is the widget's current job
         def relay(handler: Callable[..., None]) -> Callable[..., None]:
@@ -98,8 +106,7 @@ class JobRunnerMixin:
                 self._pbar.close()
                 self._pbar = None
 
-        self._stop_on_close = stop_on_close
-        self.native.destroyed.connect(stop_on_close)
+        self._close_guard = _CloseGuard(self.native, stop_on_close)
 
     def _dispatch(self, handler: Callable[..., None], *args: Any) -> None:
         """Run job handlers one at a time, in the order the worker sent them.
@@ -147,9 +154,9 @@ class JobRunnerMixin:
 
     def _on_finished(self) -> None:
         logger.debug("%s job finished", type(self).__name__)
-        if self._stop_on_close is not None:
-            self.native.destroyed.disconnect(self._stop_on_close)
-            self._stop_on_close = None
+        if self._close_guard is not None:
+            self._close_guard.release()
+            self._close_guard = None
         self._worker = None
         self._cancel_event = None
         if self._pbar is not None:
@@ -164,3 +171,51 @@ class JobRunnerMixin:
         problem = self.revalidate()  # type: ignore[attr-defined]
         if problem is None:  # keep the job's final message rather than "Ready"
             self.set_status(*keep)  # type: ignore[attr-defined]
+
+
+class _CloseGuard:
+    """Ends a job when its panel goes away, and forgets the panel when the job ends.
+
+    The panel's widget may be destroyed (the window closes), or napari's close
+    button on its dock only unparents the panel and deletes the dock: the
+    panel lives on, invisible, so the dock's end must end the job too.
+    """
+
+    def __init__(self, native: Any, stop: Callable[..., None]) -> None:
+        from qtpy.QtWidgets import QDockWidget
+
+        self.stop = stop
+        self.sources = [native]
+        parent = native.parentWidget()
+        while parent is not None and not isinstance(parent, QDockWidget):
+            parent = parent.parentWidget()
+        if parent is not None:
+            self.sources.append(parent)
+        for source in self.sources:
+            source.destroyed.connect(stop)
+
+    def release(self) -> None:
+        for source in self.sources:
+            with contextlib.suppress(RuntimeError, TypeError):  # the dock may be gone
+                source.destroyed.disconnect(self.stop)
+        self.sources = []
+
+
+def _behind_the_viewer(job: Callable[..., Any], *args: Any) -> Any:
+    """Run the job generator ``job(*args)`` at a lower CPU priority than napari's thread.
+
+    Training and prediction keep every core busy; at equal priority napari's
+    repaints (software OpenGL on machines without a GPU driver) waited behind
+    them for 300 ms and more. A nicer thread only yields when the viewer
+    needs the CPU, so a job alone runs as fast as before. Linux gives each
+    thread its own nice value and torch's helper threads inherit it from the
+    thread that starts them; elsewhere this does nothing. (A pool thread keeps
+    the lower priority for later background work: only raising it needs
+    privileges.)
+    """
+    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        with contextlib.suppress(OSError):
+            tid = threading.get_native_id()
+            nice = max(os.getpriority(os.PRIO_PROCESS, tid), _JOB_NICE)
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    return (yield from job(*args))

@@ -1,99 +1,92 @@
 """Live training plot inside the dock: loss per iteration and validation Dice.
 
 Users decide when a model is good enough by watching the curves flatten, so
-the plot lives in the Train widget itself rather than in a terminal. It is a
-plain matplotlib ``Figure`` (no pyplot, so no global figure state) in a Qt
-canvas. Points arrive on the main thread, up to many per second on a GPU;
-redrawing is throttled to a few frames per second so plotting never slows
-training or the event loop.
+the plot lives in the Train widget itself rather than in a terminal. Points
+arrive on the main thread, up to many per second on a GPU. The matplotlib
+figure (:mod:`._plot_figure`) is drawn on a background thread at a few frames
+per second; the main thread only copies the data and pastes the finished
+picture, so plotting never stalls napari's event loop (a full draw is
+60-190 ms, which on the main thread showed as the panel's longest freezes).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from qtpy.QtCore import QTimer
+import numpy as np
+from qtpy.QtCore import QRectF, Qt, QTimer, Signal
+from qtpy.QtGui import QImage, QPainter
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
+from ._plot_figure import PlotData, PlotFigure
+
 _REDRAW_MS = 250
-#: A redraw holds napari's event loop for its whole duration (matplotlib draws on the
-#: main thread: ~60 ms idle, ~190 ms while training shares the cores), so the next one
-#: waits at least this many times as long: the plot takes at most ~1/8 of the main thread.
-_DRAW_DUTY = 8
+#: A draw competes with training for the CPU, so the next one waits at least this many
+#: times as long as the last one took: the plot takes at most ~1/4 of one core.
+_DRAW_DUTY = 4
+_HEIGHT = 210
+
+
+class _Picture(QWidget):
+    """Shows the last finished drawing, stretched while a drawing at a new size is on its way."""
+
+    def __init__(self, parent: QWidget) -> None:
+        super().__init__(parent)
+        self.image: QImage | None = None
+        self._pixels: np.ndarray | None = None  # QImage borrows this buffer
+
+    def show_pixels(self, pixels: np.ndarray, ratio: float) -> None:
+        height, width = pixels.shape[:2]
+        image = QImage(pixels.data, width, height, 4 * width, QImage.Format.Format_RGBA8888)
+        image.setDevicePixelRatio(ratio)
+        self._pixels, self.image = pixels, image
+        self.update()
+
+    def paintEvent(self, _event: Any) -> None:  # noqa: N802 (Qt's name)
+        if self.image is not None:
+            painter = QPainter(self)
+            painter.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+            painter.drawImage(QRectF(self.rect()), self.image)
+            painter.end()
 
 
 class TrainingPlot(QWidget):
     """Loss (left axis) and validation Dice (right axis, 0..1) against iteration."""
 
+    _drawn = Signal(object, float, float, int)  # pixels, ratio, seconds it took, generation
+
     def __init__(
         self, parent: QWidget | None = None, *, colors: dict[str, str] | None = None
     ) -> None:
         super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
         c = {"background": "#262930", "foreground": "#414851", "text": "#f0f1f2"}
         c.update(colors or {})
-        self.figure = Figure(
-            figsize=(3.6, 2.2), dpi=90, layout="constrained", facecolor=c["background"]
-        )
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        # a fixed height: a status line that wraps to one more line must not resize the
-        # canvas, since every resize is a full matplotlib redraw on napari's event loop
-        self.canvas.setFixedHeight(210)
-        self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self._figure = PlotFigure(c)
+        self._ax = self._figure.ax  # for tests: the axes of the last drawing
+        self._picture = _Picture(self)
+        # a fixed height: a status line that wraps must not resize (and redraw) the plot
+        self._picture.setFixedHeight(_HEIGHT)
+        self._picture.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
-
-        ax = self.figure.add_subplot()
-        ax2 = ax.twinx()
-        for a in (ax, ax2):
-            a.set_facecolor(c["background"])
-            a.tick_params(colors=c["text"], labelsize=7)
-            for spine in a.spines.values():
-                spine.set_color(c["foreground"])
-        ax.set_xlabel("iteration", color=c["text"], fontsize=8)
-        ax.set_ylabel("training loss", color="#6fa8dc", fontsize=8)
-        ax2.set_ylabel("validation Dice", color="#f6b26b", fontsize=8)
-        ax2.set_ylim(0.0, 1.0)
-        (self._loss_line,) = ax.plot([], [], color="#6fa8dc", lw=0.8, alpha=0.45)
-        (self._smooth_line,) = ax.plot([], [], color="#6fa8dc", lw=1.6)
-        (self._val_line,) = ax2.plot([], [], color="#f6b26b", lw=1.2, marker="o", ms=3)
-        self._ax = ax
-        # the curves are drawn over a cached picture of the axes ("blitting"): a live
-        # update costs ~1 ms instead of a full redraw of text and ticks (60-190 ms)
-        self._curves = (self._loss_line, self._smooth_line, self._val_line)
-        for curve in self._curves:
-            curve.set_animated(True)
-        self._background: Any = None
-        self.full_draws = 0  # how often the axes were redrawn (tests check it stays rare)
-        self.canvas.mpl_connect("draw_event", self._on_full_draw)
-        # a picture of the axes taken at another size must not be pasted after a resize
-        self.canvas.mpl_connect("resize_event", self._forget_background)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        self._hint = ax.text(
-            0.5,
-            0.5,
-            "training loss and validation Dice\nappear here during training",
-            transform=ax.transAxes,
-            ha="center",
-            va="center",
-            color=c["text"],
-            fontsize=8,
-            alpha=0.7,
-        )
+        layout.addWidget(self._picture)
 
         self.iterations: list[int] = []
         self.losses: list[float] = []
         self.smoothed: list[float] = []
         self.val_iterations: list[int] = []
         self.val_metrics: list[float] = []
-        self._dirty = False
-        self._next_draw = 0.0  # perf_counter time before which the timer does not redraw
+        self.draws = 0  # finished drawings (tests)
+        self._dirty = True  # the hint is drawn once the widget is shown
+        self._generation = 0  # bumped by reset: a drawing of a previous run is dropped
+        self._next_draw = 0.0  # perf_counter time before which the timer does not draw
+        self._pending: Future | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="napari-unet-plot")
+        self._drawn.connect(self._show_drawing, Qt.ConnectionType.QueuedConnection)
+        self.destroyed.connect(lambda *_: self._executor.shutdown(wait=False))
         self._timer = QTimer(self)
         self._timer.setInterval(_REDRAW_MS)
         self._timer.timeout.connect(self._redraw_if_dirty)
@@ -101,21 +94,11 @@ class TrainingPlot(QWidget):
 
     # -- data ---------------------------------------------------------------
     def reset(self, total: int) -> None:
-        """Forget the previous run of ``total`` planned iterations.
-
-        The x axis spans the iterations that have run, not ``total``: after a
-        cancel at iteration 11 of 5000 the curves fill the plot instead of a
-        sliver at its left edge.
-        """
-        for series in (
-            self.iterations,
-            self.losses,
-            self.smoothed,
-            self.val_iterations,
-            self.val_metrics,
-        ):
+        """Forget the previous run (``total`` planned iterations; the x axis spans what ran)."""
+        for series in (self.iterations, self.losses, self.smoothed,
+                       self.val_iterations, self.val_metrics):
             series.clear()
-        self._dirty = True
+        self._generation += 1
         self.redraw()
 
     def add_point(self, iteration: int, loss: float, val_metric: float | None = None) -> None:
@@ -135,62 +118,56 @@ class TrainingPlot(QWidget):
     def n_points(self) -> int:
         return len(self.iterations)
 
+    def snapshot(self) -> PlotData:
+        return PlotData(tuple(self.iterations), tuple(self.losses), tuple(self.smoothed),
+                        tuple(self.val_iterations), tuple(self.val_metrics))
+
+    def x_range(self) -> tuple[float, float]:
+        return self.snapshot().x_range()
+
+    def loss_range(self) -> tuple[float, float]:
+        return self.snapshot().loss_range()
+
     # -- drawing --------------------------------------------------------------
-    def _on_full_draw(self, _event: Any) -> None:
-        """After matplotlib drew the axes: keep that picture and put the curves on it."""
-        self.full_draws += 1
-        self._background = self.canvas.copy_from_bbox(self.figure.bbox)
-        self._draw_curves()
-
-    def _forget_background(self, _event: Any = None) -> None:
-        self._background = None
-
-    def _draw_curves(self) -> None:
-        for curve in self._curves:
-            curve.axes.draw_artist(curve)
+    def redraw(self) -> None:
+        """Draw as soon as the drawing thread is free (start and end of a run)."""
+        self._dirty = True
+        self._next_draw = 0.0
+        self._redraw_if_dirty()
 
     def _redraw_if_dirty(self) -> None:
-        """The timer's update: only when there is news and the plot is on screen (not in a
-        hidden tab). While the data stays inside roomy axis limits only the curves are
-        redrawn; the axes (ticks, text) only when the data outgrows them, and then not
-        before the last full draw's cost has been paid back (see ``_DRAW_DUTY``)."""
-        if not self._dirty or not self.isVisible():
-            return
-        self._set_curve_data()
-        if self._background is not None and self._limits_fit():
-            self._dirty = False
-            self.canvas.restore_region(self._background)
-            self._draw_curves()
-            self.canvas.blit(self.figure.bbox)
+        """Hand a snapshot to the drawing thread: only with news, when the plot is on
+        screen (not in a hidden tab), one drawing at a time, and not before the last
+        drawing's cost has been paid back (see ``_DRAW_DUTY``)."""
+        if not self._dirty or not self.isVisible() or self._pending is not None:
             return
         if time.perf_counter() < self._next_draw:
             return
         self._dirty = False
+        size = self._picture.size()
+        ratio = float(self.devicePixelRatioF())
+        job = (self.snapshot(), size.width(), size.height(), ratio, self._generation)
+        self._pending = self._executor.submit(self._draw_in_thread, *job)
+
+    def _draw_in_thread(self, data: PlotData, width: int, height: int, ratio: float,
+                        generation: int) -> np.ndarray:
         started = time.perf_counter()
-        lo, hi = self.x_range()
-        self._ax.set_xlim(lo, max(hi, 1.0) * 2.0)  # room to grow before the next full draw
-        ylo, yhi = self.loss_range()
-        pad = 0.25 * (yhi - ylo)
-        self._ax.set_ylim(max(0.0, ylo - pad) if ylo >= 0 else ylo - pad, yhi + pad)
-        self.canvas.draw()  # now, to measure it (draw_idle would draw later, unmeasured)
-        took = time.perf_counter() - started
+        pixels = self._figure.render(data, width, height, ratio)
+        try:
+            self._drawn.emit(pixels, ratio, time.perf_counter() - started, generation)
+        except RuntimeError:  # the widget was deleted while this drawing ran
+            pass
+        return pixels
+
+    def _show_drawing(self, pixels: np.ndarray, ratio: float, took: float, generation: int) -> None:
+        self._pending = None
         self._next_draw = time.perf_counter() + max(_REDRAW_MS / 1000, _DRAW_DUTY * took)
-
-    def _limits_fit(self) -> bool:
-        """Whether the current axis limits still show every point (and not as a sliver)."""
-        _, x1 = self._ax.get_xlim()
-        _, last = self.x_range()
-        y0, y1 = self._ax.get_ylim()
-        ylo, yhi = self.loss_range()
-        return last <= x1 <= 3 * last and y0 <= ylo and yhi <= y1
-
-    def _set_curve_data(self) -> None:
-        if self.iterations and self._hint.get_visible():  # first points: drop the hint
-            self._hint.set_visible(False)
-            self._background = None  # the hint is part of the cached picture
-        self._loss_line.set_data(self.iterations, self.losses)
-        self._smooth_line.set_data(self.iterations, self.smoothed)
-        self._val_line.set_data(self.val_iterations, self.val_metrics)
+        if generation != self._generation:  # drawn before a reset: the new run draws next
+            self._next_draw = 0.0
+            self._redraw_if_dirty()
+            return
+        self.draws += 1
+        self._picture.show_pixels(pixels, ratio)
 
     def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
         """Catch up when the tab with the plot is shown again."""
@@ -198,33 +175,14 @@ class TrainingPlot(QWidget):
         self._next_draw = 0.0
         self._redraw_if_dirty()
 
-    def redraw(self) -> None:
-        """Fit the axes exactly to the data and draw everything (at the start and end of
-        a run; the timer updates the curves cheaply in between)."""
-        self._dirty = False
-        self._set_curve_data()
-        self._ax.set_xlim(*self.x_range())
-        self._ax.set_ylim(*self.loss_range())
-        self.canvas.draw_idle()
+    def resizeEvent(self, event: Any) -> None:  # noqa: N802 (Qt's name)
+        super().resizeEvent(event)
+        self._dirty = True  # drawn again at the new size (stretched until then)
 
-    def x_range(self) -> tuple[float, float]:
-        """0 to the last iteration drawn, plus a margin so the last point is not on the edge."""
-        last = max(self.iterations[-1:] + self.val_iterations[-1:], default=0)
-        return 0.0, max(1.0, last * 1.04)
-
-    def loss_range(self) -> tuple[float, float]:
-        """The loss axis: every raw and smoothed loss inside it, with a 5% margin."""
-        values = self.losses + self.smoothed
-        if not values:
-            return 0.0, 1.0
-        lo, hi = min(values), max(values)
-        pad = 0.05 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-3)
-        # a loss that cannot go negative starts at 0 at the lowest, never below its data
-        return (max(0.0, lo - pad) if lo >= 0 else lo - pad), hi + pad
-
-    def image_rgba(self) -> Any:
-        """The rendered plot as an RGBA array (for tests and screenshots)."""
-        import numpy as np
-
-        self.canvas.draw()
-        return np.asarray(self.canvas.buffer_rgba()).copy()
+    def image_rgba(self) -> np.ndarray:
+        """Draw the current data now and return it as an RGBA array (tests, screenshots)."""
+        if self._pending is not None:
+            self._pending.result()
+        size = self._picture.size()
+        job = (self.snapshot(), size.width(), size.height(), 1.0, self._generation)
+        return self._executor.submit(self._figure.render, *job[:4]).result()
