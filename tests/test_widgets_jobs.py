@@ -65,7 +65,8 @@ def test_train_job_yields_events_and_previews(data):
     events = [i for i in items if isinstance(i, TrainEvent)]
     assert [e.iteration for e in events if not e.done] == list(range(1, 21))
     previews = [i for i in items if isinstance(i, PreviewUpdate)]
-    assert [p.iteration for p in previews] == [10, 20, 20] and previews[-1].final
+    # from scratch: once early (a fifth of the way to the first), then every 10 and at the end
+    assert [p.iteration for p in previews] == [2, 10, 20, 20] and previews[-1].final
     assert all(p.z == 3 and p.labels.shape == (96, 96) for p in previews)
     assert isinstance(outcome, TrainOutcome) and not outcome.cancelled
     assert next(outcome.model.model.parameters()).device.type == "cpu"

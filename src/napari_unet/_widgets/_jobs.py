@@ -138,6 +138,20 @@ def _release(device: str) -> None:
     devices.release_memory(devices.resolve_device(device))
 
 
+def _preview_due(request: TrainRequest, event: Any) -> bool:
+    """Every ``preview_every`` iterations, and once early in a run from scratch.
+
+    A new network has no starting prediction to show, and a user waiting for
+    the first of every 25 iterations saw nothing for 10 s or more; a fifth of
+    the way there it already shows the network at work.
+    """
+    every = request.preview_every
+    if not every or event.done:
+        return False
+    early = request.init is None and every >= 5 and event.iteration == every // 5
+    return early or event.iteration % every == 0
+
+
 def train_job(
     request: TrainRequest, cancel: threading.Event
 ) -> Generator[TrainMessage, None, TrainOutcome | JobFailed]:
@@ -183,8 +197,7 @@ def train_job(
             yield event
             if cancel.is_set():
                 trainer.cancel()
-            every = request.preview_every
-            if every and not event.done and not trainer.cancelled and event.iteration % every == 0:
+            if _preview_due(request, event) and not trainer.cancelled:
                 z = request.preview_z()
                 labels = predict_slice(
                     trainer.snapshot(),
