@@ -18,6 +18,8 @@ Layout of this sub-package:
 - ``_job_runner``, ``_job_status``, ``_job_model_source``: the parts of that base
   class (worker start/cancel/delivery; status and revalidation; model choice).
 - ``_choices``: the words and the option widgets Segment and Batch share (one place).
+- ``_correct``, ``_correct_apply``, ``_correct_jobs``: the Train panel's "Copy
+  prediction" / "Suggest next slice" row (checks, writing with undo, worker jobs).
 - ``train_widget``, ``segment_widget``, ``batch_widget``: the three panels, each
   composed of its ``_train_*``, ``_segment_*`` and ``_batch_*`` parts.
 """

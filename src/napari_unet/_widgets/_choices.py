@@ -83,6 +83,17 @@ def tta_check() -> CheckBox:
     )
 
 
+def uncertainty_check() -> CheckBox:
+    """An '<image> uncertainty' layer (off: it costs a little time and memory)."""
+    return CheckBox(
+        text="add an uncertainty layer",
+        value=False,
+        label="",
+        tooltip="Where the model is unsure (0..1), as '<image> uncertainty'; the status line "
+        "names the most uncertain slices: paint or correct those next.",
+    )
+
+
 def instance_method_combo() -> ComboBox:
     """How objects are separated; shown only when instances are asked for."""
     return ComboBox(

@@ -206,3 +206,16 @@ def touched_slices(paint_value: Any, shape: tuple[int, ...]) -> set[int] | None:
         else:
             return None
     return touched
+
+
+def go_to_slice(viewer: napari.viewer.Viewer, layer: Layer, z: int) -> None:
+    """Show data slice ``z`` of ``layer`` (the inverse of :func:`current_slice`).
+
+    The viewer's dims are in world coordinates: the slice is mapped through the
+    layer's scale and translate (and affine) rather than used as a dims step.
+    """
+    coords = list(np.asarray(layer.world_to_data(viewer.dims.point), dtype=float))
+    coords[-3] = float(z)
+    world = np.asarray(layer.data_to_world(coords), dtype=float)
+    axis = viewer.dims.ndim - layer.ndim + (len(coords) - 3)
+    viewer.dims.set_point(axis, float(world[-3]))

@@ -31,6 +31,7 @@ class SegmentJobMixin:
     min_size: SpinBox
     tta: CheckBox
     probabilities: CheckBox
+    uncertainty: CheckBox
     overwrite: CheckBox
     viewer: Any
     _source_name: str | None
@@ -56,6 +57,9 @@ class SegmentJobMixin:
             instances=instances,
             min_size=int(self.min_size.value) if instances else 0,
             probabilities=bool(self.probabilities.value),
+            uncertainty=bool(self.uncertainty.value),
+            # with TTA on, how its 8 variants disagree; otherwise the softmax entropy
+            uncertainty_method="tta" if self.tta.value and self.uncertainty.value else "entropy",
             instance_method=self.instance_method.value if instances else "components",
         )
         return SegmentRequest(model, level0(self.image.value), self._slices(), settings)

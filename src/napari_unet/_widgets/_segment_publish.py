@@ -3,6 +3,7 @@
 - ``<image> segmentation``: Labels, uint8 class ids (semantic output), or
 - ``<image> instances``: Labels, uint32 object ids (instance output), and
 - ``<image> probability``: Image, float32 foreground probability (optional).
+- ``<image> uncertainty``: Image, float32 0..1 (optional).
 
 Each layer gets the image's scale and translate. With ``overwrite`` a layer
 napari-unet created earlier under the same name is replaced; otherwise a new
@@ -12,6 +13,8 @@ napari-unet created earlier under the same name is replaced; otherwise a new
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from ._layers import LayerArray, put_result_layer
 
@@ -57,7 +60,33 @@ def publish_prediction(
                 opacity=0.6,
             )
         )
+    if pred.uncertainty is not None:
+        layers.append(
+            put_result_layer(
+                viewer,
+                f"{base} uncertainty",
+                pred.uncertainty.astype("float32", copy=False),
+                kind="image",
+                where=where,
+                role="uncertainty",
+                overwrite=overwrite,
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                opacity=0.7,
+            )
+        )
     return layers
+
+
+def most_uncertain(scores: Any, n: int = 3) -> str:
+    """' Most uncertain: z = 4 (0.52), 1 (0.40), 3 (0.33).' or '' (2D, one slice, no scores)."""
+    scores = np.asarray(scores, dtype=float) if scores is not None else np.empty(0)
+    scored = [z for z in np.argsort(-np.nan_to_num(scores, nan=-1.0)) if np.isfinite(scores[z])]
+    if len(scored) < 2:
+        return ""
+    words = ", ".join(f"{z} ({scores[z]:.2f})" for z in scored[:n])
+    return f" Most uncertain: z = {words}."
 
 
 def published_message(outcome: SegmentOutcome, layers: list[Any]) -> str:
@@ -71,4 +100,5 @@ def published_message(outcome: SegmentOutcome, layers: list[Any]) -> str:
     )
     what = "slice" if n == 1 else "slices"
     names = ", ".join(f"'{layer.name}'" for layer in layers)
-    return f"Segmented {n} {what} in {outcome.elapsed_s:.1f} s -> {names}."
+    text = f"Segmented {n} {what} in {outcome.elapsed_s:.1f} s -> {names}."
+    return text + most_uncertain(pred.slice_scores)

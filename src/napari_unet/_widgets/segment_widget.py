@@ -8,7 +8,9 @@ with the image's scale and translate:
 
 - ``<image> segmentation``: Labels, uint8 class ids (semantic output), or
 - ``<image> instances``: Labels, uint32 object ids (instance output), and
-- ``<image> probability``: Image, float32 foreground probability (optional).
+- ``<image> probability``: Image, float32 foreground probability (optional),
+- ``<image> uncertainty``: Image, float32 0..1 (optional; the status line
+  names the most uncertain slices).
 
 Re-running replaces a result layer only when "overwrite" is checked, and
 only a layer napari-unet created; otherwise a new ``<name> [k]`` layer is
@@ -32,6 +34,7 @@ from ._choices import (
     min_size_spin,
     tile_size_spin,
     tta_check,
+    uncertainty_check,
 )
 from ._common import JobWidget, device_problem, kept_score, layer_choices
 from ._job_model_source import ModelSourceMixin
@@ -103,6 +106,7 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
         self.instance_method = instance_method_combo()
         self.min_size = min_size_spin()
         self.probabilities = CheckBox(text="add a probability layer", value=False, label="")
+        self.uncertainty = uncertainty_check()
         self.overwrite = CheckBox(
             text="overwrite previous result",
             value=False,
@@ -125,6 +129,7 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
                 self.instance_method,
                 self.min_size,
                 self.probabilities,
+                self.uncertainty,
                 self.overwrite,
                 self.start,
                 self.progress,

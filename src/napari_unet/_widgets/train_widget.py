@@ -17,6 +17,7 @@ of it) made of one unit per idea:
   summary, and the :class:`._jobs.TrainRequest` for the worker;
 - :mod:`._train_events`: the run: events, previews, the outcome;
 - :mod:`._train_saving`: Save model, with its rescue file;
+- :mod:`._correct`: the "Copy prediction" / "Suggest next slice" row;
 - this module: the state, the wiring, and the reactions to the user.
 """
 
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._common import CheckpointCache, JobWidget
+from ._correct import CorrectRow
 from ._layers import image_problem, layer_array, level0, touched_slices, unique_name
 from ._train_events import TrainRun
 from ._train_form import LR_FINETUNE, LR_SCRATCH, MODE_HELP, TrainForm, _start_from_choices
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 
-class TrainWidget(TrainForm, TrainRequestBuilder, TrainRun, TrainSaving, JobWidget):
+class TrainWidget(CorrectRow, TrainForm, TrainRequestBuilder, TrainRun, TrainSaving, JobWidget):
     """Train (or fine-tune) a U-Net on the painted slices of an annotation layer."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -70,6 +72,8 @@ class TrainWidget(TrainForm, TrainRequestBuilder, TrainRun, TrainSaving, JobWidg
         self._kept_score: tuple[float, int] | None = None  # (Dice, iteration) of the kept weights
 
         self.build_form()
+        # "Copy prediction" / "Suggest next slice": under Start, one row
+        self.insert(self.index(self.start) + 1, self.build_correct_row())
         self._connect()
 
         from .. import devices
