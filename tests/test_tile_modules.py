@@ -91,3 +91,28 @@ def test_no_unit_over_150_lines():
                 size = node.end_lineno - node.lineno + 1  # type: ignore[operator]
                 where = path.relative_to(root)
                 assert size <= 150, f"{where}: {node.name} is {size} lines"
+
+
+def test_progress_stays_within_the_plan_after_an_out_of_memory_retry(tiny):
+    """Smaller tiles after running out of memory mean more tiles than planned; the
+    progress still ends at the planned total and never passes it."""
+    seen: list[tuple[int, int]] = []
+    predictor = TilePredictor(
+        tiny, tile_size=64, batch_size=1, device="cpu", progress=lambda d, t: seen.append((d, t))
+    )
+    forward = predictor.runner.forward
+
+    def small_memory(x):
+        if x.shape[-1] > 64:  # only the planned (first) tile size does not fit
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return forward(x)
+
+    predictor.runner.forward = small_memory
+    stack = np.random.default_rng(0).random((2, 150, 150), dtype=np.float32)
+    planned = predictor.n_tiles(stack.shape) * len(stack)
+    for _z, _probs in predictor.iter_stack(stack):
+        pass
+    assert predictor.tile_size < 64 and len(seen) > planned  # more, smaller tiles ran
+    done = [d for d, _ in seen]
+    assert all(t == planned for _, t in seen)
+    assert done == sorted(done) and max(done) == planned

@@ -99,7 +99,9 @@ class _BlendStitcher:
         return self.acc[:, :Y, :X] / self.weight_sum[:Y, :X]
 
 
-def _stitch_slice(predictor: TilePredictor, image: np.ndarray, done: int, total: int) -> np.ndarray:
+def _stitch_slice(
+    predictor: TilePredictor, image: np.ndarray, done: int, total: int, share: int
+) -> np.ndarray:
     """Cut ``image`` into ``predictor``'s tiles, run them batch by batch and stitch the outputs.
 
     Reads the predictor's settings afresh on every slice (tile size, overlap,
@@ -130,14 +132,16 @@ def _stitch_slice(predictor: TilePredictor, image: np.ndarray, done: int, total:
             probs = runner.run_fitting(batch[: len(chunk)])
             for p, (y, x) in zip(probs, chunk):
                 stitcher.add(p, y, x)
-            done += len(chunk)
             if predictor.progress is not None:
-                predictor.progress(done, total)
+                # this slice's tiles count as its planned ``share`` of the total, also
+                # after an out-of-memory retry cut it into more, smaller tiles
+                finished = first + len(chunk)
+                predictor.progress(done + finished * share // len(origins), total)
     return stitcher.result()
 
 
 def _predict_slice(
-    predictor: TilePredictor, image: np.ndarray, done: int, total: int
+    predictor: TilePredictor, image: np.ndarray, done: int, total: int, share: int | None = None
 ) -> np.ndarray:
     """One validated float32 slice; ``done``/``total`` place it in the caller's progress.
 
@@ -146,7 +150,7 @@ def _predict_slice(
     """
     while True:
         try:
-            return _stitch_slice(predictor, image, done, total)
+            return _stitch_slice(predictor, image, done, total, total - done if share is None else share)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -368,7 +372,7 @@ class TilePredictor:
         total = per_slice * shape[0]
         for z in range(shape[0]):
             image = _check_slice(stack[z])
-            yield z, _predict_slice(self, image, z * per_slice, total)
+            yield z, _predict_slice(self, image, z * per_slice, total, per_slice)
 
     def predict(self, image: Any, out: np.ndarray | None = None) -> np.ndarray:
         """``(Y, X)`` -> ``(C, Y, X)``; ``(Z, Y, X)`` -> ``(Z, C, Y, X)`` probabilities.
