@@ -38,7 +38,8 @@ def model_combo(choices: Callable[..., Any]) -> ComboBox:
 
 def checkpoint_edit() -> FileEdit:
     """The checkpoint file, shown when the model source is "checkpoint file"."""
-    return FileEdit(label="checkpoint", mode="r", filter="*.pt", visible=False)
+    # a napari-unet checkpoint, or a bioimage.io package napari-unet exported
+    return FileEdit(label="checkpoint", mode="r", filter="*.pt *.zip", visible=False)
 
 
 def device_combo() -> ComboBox:

@@ -1,4 +1,4 @@
-"""The ``napari-unet`` command line: train, segment, demo, info.
+"""The ``napari-unet`` command line: train, segment, export, demo, info.
 
 Exit codes: 0 all good (a training stopped early with Ctrl-C also counts: the
 model so far is saved), 1 an error or at least one input failed, 2 a usage
@@ -12,7 +12,7 @@ names callers and tests use. The rest lives in one module per idea:
 ``_exit`` (program name, exit codes, :class:`CLIError`), ``_output``
 (durations, progress bars, the batch summary), ``_signals`` (Ctrl-C),
 ``_parser`` (flags and help texts) and one module per command (``train``,
-``segment``, ``demo``, ``info``).
+``segment``, ``export``, ``demo``, ``info``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from ._signals import _ctrl_c as _ctrl_c
 from ._signals import _PressCounter as _PressCounter
 from ._signals import _shielded as _shielded
 from .demo import cmd_demo
+from .export import cmd_export
 from .info import _version as _version
 from .info import cmd_info
 from .segment import _options as _options
@@ -46,7 +47,7 @@ from .train import _run_training as _run_training
 
 __all__ = [
     "BALANCE_OPTIONS", "EXIT_ABORTED", "EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "PROG", "CLIError",
-    "build_parser", "cmd_demo", "cmd_info", "cmd_segment", "cmd_train", "main", "print_summary",
+    "build_parser", "cmd_demo", "cmd_export", "cmd_info", "cmd_segment", "cmd_train", "main", "print_summary",
 ]
 
 logger = logging.getLogger(__name__)

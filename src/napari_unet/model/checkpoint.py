@@ -24,7 +24,7 @@ import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import torch
 
@@ -226,6 +226,11 @@ def _check_archive(path: Path) -> None:
             head = fh.read(4)
     except OSError as exc:
         raise CheckpointError(f"cannot read {name}: {exc.strerror or _reason(exc)}") from None
+    check_torch_zip(name, head, path)
+
+
+def check_torch_zip(name: str, head: bytes, source: Path | IO[bytes]) -> None:
+    """:func:`_check_archive` for a file or an in-memory file whose first 4 bytes are ``head``."""
     if not head:
         raise CheckpointError(f"{name} is not a readable checkpoint: the file is empty")
     if head != _ZIP_MAGIC:
@@ -236,7 +241,7 @@ def _check_archive(path: Path) -> None:
             what = "not a zip archive as torch.save writes (a text or other file renamed .pt?)"
         raise CheckpointError(f"{name} is not a readable checkpoint: it is {what}")
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(source) as zf:
             infos = zf.infolist()
             _check_members(name, infos)
             damaged = zf.testzip()  # reads every member: CRC and length checks
@@ -291,34 +296,49 @@ def _read(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: {_reason(exc)}") from None
     if not is_file:
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
-    _check_archive(path)
+    from .bioimageio_read import is_bioimageio_package, read_bioimageio_package
+
+    if is_bioimageio_package(path):  # a zip with an rdf.yaml at its top, never a torch archive
+        payload = read_bioimageio_package(path)
+    else:
+        _check_archive(path)
+        payload = torch_load(path.name, path)
+    check_format(path.name, payload)
+    return payload
+
+
+def torch_load(name: str, source: Path | IO[bytes]) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU; every failure is one :class:`CheckpointError`."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         detail = next((ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln), None)
         if detail:  # the file names a Python callable: the way pickles execute code
             raise CheckpointError(
-                f"refused to load {path.name}: it contains Python objects that could run code "
+                f"refused to load {name}: it contains Python objects that could run code "
                 "when loaded, which napari-unet checkpoints never do. Only load checkpoints from "
                 f"sources you trust. ({detail[:200]})"
             ) from None
         raise CheckpointError(
-            f"{path.name} is not a readable checkpoint (corrupt, truncated or another format)"
+            f"{name} is not a readable checkpoint (corrupt, truncated or another format)"
         ) from None
     except Exception as exc:  # torch raises many types on damaged files; the caller needs one
         raise CheckpointError(
-            f"{path.name} is not a readable checkpoint (corrupt, truncated or another format): {_reason(exc)}"
+            f"{name} is not a readable checkpoint (corrupt, truncated or another format): {_reason(exc)}"
         ) from None
+
+
+def check_format(name: str, payload: Any) -> None:
+    """A napari-unet checkpoint payload of a format version this napari-unet reads."""
     if not isinstance(payload, dict) or not isinstance(payload.get("format"), str) \
             or payload["format"] != FORMAT:
-        raise CheckpointError(f"{path.name} is not a napari-unet checkpoint")
+        raise CheckpointError(f"{name} is not a napari-unet checkpoint")
     version = payload.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION or version < 1:
         raise CheckpointError(
-            f"{path.name} has checkpoint format version {_show(version)}; this napari-unet "
+            f"{name} has checkpoint format version {_show(version)}; this napari-unet "
             f"({_package_version()}) reads versions up to {FORMAT_VERSION}. Update napari-unet."
         )
-    return payload
 
 
 def parameter_count(config: UNetConfig) -> int:
@@ -579,6 +599,11 @@ def load_checkpoint(path: str | os.PathLike) -> TrainedModel:
 
     The whole file is validated before the network is built, so a damaged or hostile
     file costs neither memory nor a confusing error from deep inside torch.
+
+    ``path`` may also be a bioimage.io model package (``.zip``) that
+    :func:`~napari_unet.export_bioimageio` wrote: its napari-unet metadata and
+    state-dict weights go through the same checks (see ``bioimageio_read``);
+    packages from other tools are refused.
     """
     path = Path(path)
     payload = _read(path)
