@@ -29,8 +29,9 @@ def test_manifest_is_valid_and_names_what_we_ship(manifest):
         "Batch": "napari-unet.batch_widget",
     }
     assert [s.key for s in manifest.contributions.sample_data] == ["synthetic_em"]
-    (reader,) = manifest.contributions.readers
+    reader, zarr_reader = manifest.contributions.readers
     assert "*.tif" in reader.filename_patterns and "*.tiff" in reader.filename_patterns
+    assert zarr_reader.filename_patterns == ["*.zarr"] and zarr_reader.accepts_directories
 
 
 def test_every_command_imports(manifest):

@@ -36,6 +36,7 @@ _EXPORTS = {
     "TrainedModel": "model.checkpoint",
     "save_checkpoint": "model.checkpoint",
     "load_checkpoint": "model.checkpoint",
+    "export_bioimageio": "model.bioimageio",
     "Cancelled": "errors",
     "CheckpointError": "errors",
     "synthetic_em_stack": "synthetic",
@@ -43,6 +44,7 @@ _EXPORTS = {
     "FileResult": "prediction.batch",
     "batch_segment": "prediction.batch",
     "batch_segment_steps": "prediction.batch",
+    "segment_volume": "prediction.volume",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -63,6 +65,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import Cancelled, CheckpointError
+    from .model.bioimageio import export_bioimageio
     from .model.checkpoint import TrainedModel, load_checkpoint, save_checkpoint
     from .model.config import PRESETS, UNetConfig, preset
     from .model.normalization import Normalization
@@ -71,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .prediction.inference import Prediction, predict, predict_steps
     from .prediction.overlap_tile import TilePredictor
     from .prediction.settings import PredictionSettings
+    from .prediction.volume import segment_volume
     from .synthetic import synthetic_em_stack
     from .training.annotations import AnnotationSettings, summarize
     from .training.augment import AugmentConfig

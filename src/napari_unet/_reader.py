@@ -33,6 +33,7 @@ _UNITS = {
     "nanometer": "nanometer",
     "nanometers": "nanometer",
     "mm": "millimeter",
+    "millimeter": "millimeter",
 }
 
 
@@ -54,6 +55,41 @@ def napari_get_reader(path: Any) -> ReaderFunction | None:
     if p is None or not p.is_file():
         return None
     return read_tiff_layers
+
+
+def napari_get_zarr_reader(path: Any) -> ReaderFunction | None:
+    """Return a reader for one OME-Zarr image or plain zarr array (a directory), else None."""
+    from .io.zarr_volume import is_zarr
+
+    if isinstance(path, (list, tuple)):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    try:
+        ok = is_zarr(path)
+    except TypeError:
+        return None
+    return read_zarr_layers if ok else None
+
+
+def read_zarr_layers(path: Any) -> list[LayerData]:
+    """Full-resolution level as one lazy layer with its NGFF scale; our outputs open as Labels."""
+    from .io.zarr_volume import ZarrVolume, zarr_stem
+
+    path = path[0] if isinstance(path, (list, tuple)) else path
+    volume = ZarrVolume(path)
+    stem = zarr_stem(path)
+    kwargs: dict[str, Any] = {"name": stem, "metadata": {"path": str(path)}}
+    if volume.spacing is not None:
+        kwargs["scale"] = tuple(float(s) for s in volume.spacing)
+        unit = _napari_unit(volume.unit)
+        if unit is not None:
+            kwargs["units"] = (unit,) * len(kwargs["scale"])
+    data = volume.array if volume.array.ndim == volume.ndim else volume[...]
+    kind = "labels" if stem.endswith(("_labels", "_instances")) else "image"
+    if kind == "image" and volume.dtype == "uint8":
+        kwargs["contrast_limits"] = (0, 255)
+    return [(data, kwargs, kind)]
 
 
 def _napari_unit(unit: str | None) -> str | None:

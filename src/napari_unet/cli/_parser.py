@@ -12,6 +12,7 @@ from typing import Any
 
 from ._exit import PROG
 from .demo import cmd_demo
+from .export import cmd_export
 from .info import cmd_info
 from .segment import cmd_segment
 from .train import BALANCE_OPTIONS, cmd_train
@@ -22,6 +23,7 @@ examples:
   napari-unet train stack.tif painted.tif -o model.pt --iterations 500
   napari-unet segment -m model.pt data/ -o results/ --instances
   napari-unet segment -m model.pt 'runs/*/stack*.tif' -o results/ --scheduler tcp://head:8786
+  napari-unet export model.pt -o model.zip          # a bioimage.io package for Fiji/deepImageJ
   napari-unet info
 
 Run 'napari-unet COMMAND --help' for the options of a command.
@@ -63,6 +65,26 @@ examples:
   napari-unet segment -m model.pt stack.tif -o results/
   napari-unet segment -m model.pt data/ more/*.tiff -o results/ --instances --probabilities
   napari-unet segment -m model.pt data/ -o results/ --scheduler tcp://10.0.0.1:8786
+  napari-unet segment -m model.pt volume.ome.zarr -o results/ --scheduler tcp://10.0.0.1:8786
+
+A zarr input (OME-Zarr or a plain zarr array) gives OME-Zarr outputs with its
+scale, <stem>_labels.zarr etc.: split into blocks of --block-z slices, one task
+each; an interrupted run resumes with the blocks it had not finished.
+"""
+
+_EXPORT_EPILOG = """\
+The package (a .zip) holds TorchScript weights (what deepImageJ in Fiji
+runs), PyTorch state-dict weights, the normalisation as bioimage.io
+preprocessing, test input/output tensors, a cover image, the model card and
+napari-unet's own metadata, so that 'napari-unet segment -m MODEL.zip' and
+the Segment panel read it back and predict exactly as MODEL did. Needs
+pip install "napari-unet[bioimageio]". The package is written to a hidden
+temporary file, validated with bioimageio.spec and only then renamed.
+
+examples:
+  napari-unet export default -o em_membranes.zip
+  napari-unet export model.pt -o model.zip --author "Ada Lovelace" --test
+  napari-unet export model.pt -o model.zip --sample stack.tif --license MIT
 """
 
 _DEMO_EPILOG = """\
@@ -94,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_train(sub, common, fmt, devices)
     _add_segment(sub, common, fmt, devices)
+    _add_export(sub, common, fmt)
     _add_demo(sub, common, fmt, devices)
     _add_info(sub, common)
     return parser
@@ -147,7 +170,8 @@ def _add_segment(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: t
         description="Segment files, folders (their .tif/.tiff) or globs of 2D/3D TIFF stacks.\n"
         "Stacks are read and written slice by slice: stacks larger than memory are fine.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="TIFF files, folders or globs")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="TIFF files, folders or globs; or OME-Zarr/zarr volumes (*.zarr directories)")
     p.add_argument("-m", "--model", required=True, metavar="MODEL",
                    help="checkpoint file ('default' = the built-in model)")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
@@ -180,8 +204,35 @@ def _add_segment(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: t
                         "that compute it natively, else float32)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run one dask.distributed task per stack on this scheduler "
-                   "(tcp://host:8786 or a scheduler JSON file)")
+                   "(tcp://host:8786 or a scheduler JSON file); a zarr volume is split into "
+                   "one task per --block-z slices")
+    p.add_argument("--block-z", type=int, default=16, metavar="N",
+                   help="zarr volumes: slices per task and z chunk of the OME-Zarr outputs (default 16)")
+    p.add_argument("--level", type=int, default=0, metavar="N",
+                   help="zarr volumes: multiscale level to segment (default 0, full resolution)")
     p.set_defaults(func=cmd_segment)
+
+
+def _add_export(sub: Any, common: argparse.ArgumentParser, fmt: Any) -> None:
+    """``napari-unet export``: the model, the package file and what to write into it."""
+    p = sub.add_parser(
+        "export", parents=[common], formatter_class=fmt, epilog=_EXPORT_EPILOG,
+        help="write a model as a bioimage.io package (Fiji/deepImageJ, bioimageio.core)",
+        description="Export a checkpoint as a bioimage.io model package (spec 0.5).",
+    )
+    p.add_argument("model", metavar="MODEL", help="checkpoint file ('default' = the built-in model)")
+    p.add_argument("-o", "--output", required=True, metavar="PACKAGE", help="the package to write (a .zip)")
+    p.add_argument("--name", help="the model's name in the package (default: from the file name)")
+    p.add_argument("--author", action="append", metavar="NAME",
+                   help="an author (repeat for several; default: 'napari-unet user')")
+    p.add_argument("--license", metavar="SPDX",
+                   help="licence of the weights, an SPDX id (default: CC-BY-4.0; BSD-3-Clause for 'default')")
+    p.add_argument("--sample", metavar="TIFF",
+                   help="cut the test tensors from this image's middle slice (default: a synthetic EM tile)")
+    p.add_argument("--test", action="store_true",
+                   help="also run the package's weights on its test tensors with bioimageio.core")
+    p.add_argument("--overwrite", action="store_true", help="replace PACKAGE if it exists")
+    p.set_defaults(func=cmd_export)
 
 
 def _add_demo(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: tuple[str, ...]) -> None:

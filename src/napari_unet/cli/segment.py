@@ -42,10 +42,13 @@ def _options(args: argparse.Namespace) -> Any:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from ..errors import Cancelled
+    from ..io.zarr_volume import is_zarr
     from ..prediction.batch import batch_segment_steps, expand_inputs, resolve_model_path
 
     options = _options(args)
-    paths = expand_inputs(args.inputs)
+    volumes = [Path(i) for i in args.inputs if is_zarr(i)]
+    others = [i for i in args.inputs if not is_zarr(i)]
+    paths = expand_inputs(others) if others or not volumes else []
     resolve_model_path(args.model)  # a missing model is reported before anything starts
     outdir = Path(args.output)
     stop = threading.Event()
@@ -54,7 +57,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         stop.set()
         _err("\nCancelling: the current file's partial outputs are removed (Ctrl-C again to abort).")
 
-    files_bar = progress_bar(total=len(paths), unit="file", desc="files", position=0)
+    files_bar = progress_bar(total=len(paths) + len(volumes), unit="file", desc="files", position=0)
     slice_bar = progress_bar(total=0, unit="slice", desc="", position=1, leave=False)
     results: list[Any] = []
 
@@ -70,7 +73,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     try:
         with _ctrl_c(on_first), files_bar, slice_bar:
-            if args.scheduler:
+            if not paths:
+                pass  # only zarr volumes: below
+            elif args.scheduler:
                 from ..prediction.cluster import batch_segment_distributed
 
                 print(f"Segmenting {len(paths)} file(s) on the dask cluster at {args.scheduler}.")
@@ -93,10 +98,28 @@ def cmd_segment(args: argparse.Namespace) -> int:
                             slice_bar.reset(total=event.slices_total)
                             slice_bar.set_description(event.path.name[-30:], refresh=False)
                         slice_bar.update(event.slices_done - slice_bar.n)
+            for volume in volumes:
+                finished(_segment_volume(args, volume, outdir, options, stop.is_set))
     except Cancelled as exc:
         done = list(getattr(exc, "results", results))
         print_summary(done, outdir, len(paths))
         print("Cancelled; no partial outputs were left. Run the same command again to resume.")
         return EXIT_ABORTED
-    print_summary(results, outdir)
+    print_summary(results, outdir, len(paths) + len(volumes))
     return EXIT_FAILED if any(r.status == "failed" for r in results) else EXIT_OK
+
+
+def _segment_volume(args: argparse.Namespace, volume: Path, outdir: Path, options: Any,
+                    should_stop: Any) -> Any:
+    """One zarr volume in z-blocks (on the cluster with --scheduler); failures become results."""
+    from ..prediction.batch import FileResult
+    from ..prediction.volume import segment_volume
+
+    where = f"the dask cluster at {args.scheduler}" if args.scheduler else "this process"
+    print(f"Segmenting the volume {volume.name} in blocks of {args.block_z} slices on {where}.")
+    try:
+        return segment_volume(args.model, volume, outdir, settings=options, block_z=args.block_z,
+                              client=args.scheduler or None, level=args.level,
+                              should_stop=should_stop)
+    except (ValueError, OSError) as exc:
+        return FileResult(volume, "failed", reason=str(exc).splitlines()[0][:300])

@@ -279,7 +279,8 @@ def load_model(model: Any) -> tuple[Any, dict[str, Any]]:
     return trained, {"path": str(path.resolve()), "sha256": file_sha256(path)}
 
 
-def _model_record(trained: Any, identity: dict[str, Any]) -> dict[str, Any]:
+def model_record(trained: Any, identity: dict[str, Any]) -> dict[str, Any]:
+    """What a provenance record says about the model (TIFF batch and zarr volumes alike)."""
     training = trained.training or {}
     return {
         **identity,
@@ -332,7 +333,7 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
+def write_json(path: Path, data: dict[str, Any]) -> None:
     """Atomically, like the TIFFs (a half-written JSON would mark a file as done)."""
     tmp = temp_beside(path)
     try:
@@ -374,7 +375,7 @@ def _open_writers(
             writers[kind] = TiffPageWriter(targets[kind], shape, np.dtype(options.probability_dtype), **meta)
 
 
-def _unit_page(values: np.ndarray, dtype: str) -> np.ndarray:
+def unit_page(values: np.ndarray, dtype: str) -> np.ndarray:
     """A [0, 1] map as a page: uint8 scaled to 0..255, or float16."""
     if dtype == "uint8":
         return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
@@ -408,7 +409,7 @@ def _provenance(
             "unit": reader.unit,
             "bytes": path.stat().st_size,
         },
-        "model": _model_record(engine.trained, engine.identity),
+        "model": model_record(engine.trained, engine.identity),
         "settings": {
             **options.to_dict(),
             "tile_size_used": predictor.tile_size,
@@ -492,9 +493,9 @@ def segment_with_engine(
             if INSTANCES in writers:
                 writers[INSTANCES].write(result.instances)
             if PROBABILITIES in writers:
-                writers[PROBABILITIES].write(_unit_page(result.foreground, options.probability_dtype))
+                writers[PROBABILITIES].write(unit_page(result.foreground, options.probability_dtype))
             if UNCERTAINTY in writers:
-                writers[UNCERTAINTY].write(_unit_page(result.uncertainty, options.probability_dtype))
+                writers[UNCERTAINTY].write(unit_page(result.uncertainty, options.probability_dtype))
             z = result.z
             del result
             yield z + 1, depth
@@ -520,7 +521,7 @@ def segment_with_engine(
                 committed.append(targets[kind])
         seconds = time.perf_counter() - t0
         record = _provenance(path, reader, engine, options, walk, targets, finals, dtypes, kept, seconds)
-        _write_json(targets[PROVENANCE], record)
+        write_json(targets[PROVENANCE], record)
         committed.append(targets[PROVENANCE])
         return FileResult(path, "done", committed + kept, "", seconds)
     except Cancelled:

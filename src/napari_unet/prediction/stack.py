@@ -128,6 +128,8 @@ class StackPrediction:
     are unique across the stack. Timings and the object count are kept as
     attributes for provenance records. ``settings`` may narrow what the
     engine's settings compute (e.g. outputs a batch already has).
+    ``statistics`` gives the normalisation ``(low, high)`` instead: a block
+    of a volume predicted on a cluster must use the whole volume's.
     """
 
     def __init__(
@@ -138,8 +140,10 @@ class StackPrediction:
         *,
         should_stop: StopCallback | None = None,
         settings: PredictionSettings | None = None,
+        statistics: tuple[float, float] | None = None,
     ) -> None:
         self.engine = engine
+        self.statistics = statistics
         self.settings = engine.settings if settings is None else settings
         self.stack = stack
         self.zs = list(range(stack.shape[0])) if zs is None else [int(z) for z in zs]
@@ -159,7 +163,10 @@ class StackPrediction:
             raise RuntimeError("this PredictionEngine is closed; build a new one")
         settings = self.settings
         t0 = time.perf_counter()
-        self.low, self.high = self.engine.trained.normalization.statistics(self.stack)
+        if self.statistics is not None:
+            self.low, self.high = (float(v) for v in self.statistics)
+        else:
+            self.low, self.high = self.engine.trained.normalization.statistics(self.stack)
         self.statistics_seconds = time.perf_counter() - t0
         for z in self.zs:
             if self._stop_requested():

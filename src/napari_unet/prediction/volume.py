@@ -1,0 +1,359 @@
+"""One volume (OME-Zarr or plain zarr) split into z-blocks, predicted here or on a dask cluster.
+
+A volume too large for one machine's time is cut into blocks of ``block_z``
+slices. Each block is one task: it reads its slices, predicts them with a
+:class:`~napari_unet.prediction.stack.PredictionEngine` (on a cluster the
+checkpoint is loaded once per worker, as in :mod:`.cluster`) and writes its
+own z-range of the output OME-Zarr stores, whose chunks are ``block_z`` deep,
+so no two tasks ever write the same chunk. The result is bit-identical to a
+single-process run:
+
+- normalisation statistics are computed once, on the whole volume, by the
+  client and handed to every block;
+- instance ids are numbered slice by slice in z order, as
+  :class:`~.stack.StackPrediction` does: each block writes its block-local ids
+  to a hidden scratch store and records its object count; a final pass adds
+  to every block the objects of the blocks before it.
+
+Outputs are written in place (not renamed into place: a volume may be larger
+than what one rename-able temporary could hold). Each finished block leaves
+a small JSON record in ``<stem>_labels.zarr/napari_unet_blocks/``, so an
+interrupted run resumes with the blocks that have none; ``<stem>_provenance.json``
+is written last and marks the volume as done. Blocks split only z (not xy):
+a block holds ``block_z`` whole slices in memory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..errors import Cancelled
+from ..io.zarr_volume import ZarrVolume, create_ome_zarr, zarr_stem
+from .batch import (
+    INSTANCES,
+    LABELS,
+    PROBABILITIES,
+    PROVENANCE,
+    UNCERTAINTY,
+    BatchOptions,
+    FileResult,
+    load_model,
+    model_record,
+    unit_page,
+    write_json,
+)
+
+StopCallback = Callable[[], bool]
+BLOCK_Z = 16
+_RECORDS = "napari_unet_blocks"
+_KINDS = (LABELS, INSTANCES, PROBABILITIES, UNCERTAINTY)
+
+
+def volume_outputs(input: str | os.PathLike, outdir: str | os.PathLike, options: BatchOptions) -> dict[str, Path]:
+    """``{kind: path}``: ``<stem>_labels.zarr`` etc., as batch names its TIFFs, and the provenance."""
+    stem = zarr_stem(input)
+    wanted = {LABELS: True, INSTANCES: options.instances, PROBABILITIES: options.probabilities,
+              UNCERTAINTY: options.uncertainty}
+    paths = {k: Path(outdir) / f"{stem}_{k}.zarr" for k in _KINDS if wanted[k]}
+    paths[PROVENANCE] = Path(outdir) / f"{stem}_provenance.json"
+    return paths
+
+
+@dataclass(frozen=True)
+class VolumeJob:
+    """Everything a block task needs (picklable: it travels to the workers)."""
+
+    input: str
+    level: int
+    outputs: dict[str, str]  # kind -> OME-Zarr store (provenance excluded)
+    scratch: str | None  # block-local instance ids, before the offset pass
+    options: BatchOptions
+    low: float
+    high: float
+
+    @property
+    def records(self) -> Path:
+        return Path(self.outputs[LABELS]) / _RECORDS
+
+
+def blocks(depth: int, block_z: int) -> list[tuple[int, int]]:
+    """``[(z0, z1), ...]`` covering ``depth`` slices, ``block_z`` at a time."""
+    return [(z0, min(z0 + block_z, depth)) for z0 in range(0, depth, block_z)]
+
+
+def _record_path(job: VolumeJob, z0: int, z1: int) -> Path:
+    return job.records / f"{z0:09d}-{z1:09d}.json"
+
+
+def predict_block(engine: Any, job: VolumeJob, z0: int, z1: int,
+                  should_stop: StopCallback | None = None) -> dict[str, Any]:
+    """Predict slices ``z0:z1`` and write them and the block's completion record."""
+    import zarr
+
+    from .stack import StackPrediction
+
+    t0 = time.perf_counter()
+    volume = ZarrVolume(job.input, job.level)
+    settings = job.options.prediction()
+    walk = StackPrediction(engine, volume, range(z0, z1), should_stop=should_stop,
+                           settings=settings, statistics=(job.low, job.high))
+    shape = (z1 - z0,) + volume.shape[1:]
+    unit_dtype = np.dtype(job.options.probability_dtype)
+    buffers = {LABELS: np.zeros(shape, np.uint8)}
+    if INSTANCES in job.outputs:
+        buffers[INSTANCES] = np.zeros(shape, np.uint32)
+    for kind in (PROBABILITIES, UNCERTAINTY):
+        if kind in job.outputs:
+            buffers[kind] = np.zeros(shape, unit_dtype)
+    for result in walk:
+        i = result.z - z0
+        buffers[LABELS][i] = result.semantic
+        if INSTANCES in buffers:
+            buffers[INSTANCES][i] = result.instances
+        if PROBABILITIES in buffers:
+            buffers[PROBABILITIES][i] = unit_page(result.foreground, job.options.probability_dtype)
+        if UNCERTAINTY in buffers:
+            buffers[UNCERTAINTY][i] = unit_page(result.uncertainty, job.options.probability_dtype)
+    for kind, data in buffers.items():
+        store = job.scratch if kind == INSTANCES else job.outputs[kind]
+        zarr.open_array(f"{store}/0", mode="r+")[z0:z1] = data
+    record = {"z": [z0, z1], "objects": walk.n_objects, "seconds": round(time.perf_counter() - t0, 3),
+              "network_seconds": round(walk.network_seconds, 3)}
+    write_json(_record_path(job, z0, z1), record)
+    return record
+
+
+def _block_task(model_path: str, sha256: str, job: VolumeJob, z0: int, z1: int) -> dict[str, Any]:
+    """Runs on a worker: one block with the worker's cached model."""
+    from .cluster import _worker_model
+    from .stack import PredictionEngine
+
+    trained = _worker_model(model_path, sha256)
+    with PredictionEngine(trained, job.options.prediction()) as engine:
+        return predict_block(engine, job, z0, z1)
+
+
+def offset_block(job: VolumeJob, z0: int, z1: int, offset: int) -> None:
+    """Final ids of one block: its block-local ids plus the objects of the blocks before it."""
+    import zarr
+
+    ids = zarr.open_array(f"{job.scratch}/0", mode="r")[z0:z1]
+    if offset:
+        if offset + int(ids.max(initial=0)) > np.iinfo(np.uint32).max:
+            raise ValueError("more than 2**32 - 1 objects; cannot store them as uint32")
+        ids[ids > 0] += np.uint32(offset)
+    zarr.open_array(f"{job.outputs[INSTANCES]}/0", mode="r+")[z0:z1] = ids
+
+
+def _fingerprint(identity: dict[str, Any], options: BatchOptions, input: str, level: int,
+                 shape: tuple[int, ...], block_z: int) -> str:
+    """What a resumed run must share with the run that wrote the blocks."""
+    settings = {k: v for k, v in options.to_dict().items() if k != "overwrite"}
+    text = json.dumps([identity, settings, input, level, list(shape), block_z], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _prepare(job: VolumeJob, volume: ZarrVolume, block_z: int, fingerprint: str, overwrite: bool) -> None:
+    """Create the output stores, or check that existing ones belong to this run (resume)."""
+    import zarr
+
+    labels = Path(job.outputs[LABELS])
+    if labels.exists() and not overwrite:
+        attrs = dict(zarr.open_group(str(labels), mode="r").attrs).get("napari_unet", {})
+        stores = list(job.outputs.values()) + ([job.scratch] if job.scratch else [])
+        missing = [Path(p).name for p in stores if not Path(p).exists()]
+        if attrs.get("run") == fingerprint and not missing:
+            return
+        if attrs.get("run") == fingerprint:
+            raise ValueError(f"cannot resume {labels.name}: {', '.join(missing)} is missing; "
+                             "pass overwrite=True (--overwrite) to start again")
+        raise ValueError(
+            f"{labels} exists and was written with another model, settings or block size; "
+            "pass overwrite=True (--overwrite) to start again"
+        )
+    meta = {"spacing": volume.spacing, "unit": volume.unit, "chunk_z": block_z}
+    stores = {k: v for k, v in job.outputs.items() if k != LABELS}
+    if job.scratch is not None:
+        stores["scratch"] = job.scratch
+    stores[LABELS] = job.outputs[LABELS]  # last: its attrs say the stores are ready
+    dtypes = {LABELS: np.uint8, INSTANCES: np.uint32, "scratch": np.uint32}
+    for kind, store in stores.items():
+        shutil.rmtree(store, ignore_errors=True)
+        dtype = dtypes.get(kind, np.dtype(job.options.probability_dtype))
+        attrs = {"napari_unet": {"run": fingerprint, "kind": kind}} if kind == LABELS else None
+        create_ome_zarr(store, volume.shape, dtype, attrs=attrs, **meta)
+
+
+def _as_options(settings: Any) -> BatchOptions:
+    """BatchOptions as they are; plain PredictionSettings with the outputs they ask for."""
+    from .settings import PredictionSettings
+
+    if settings is None:
+        return BatchOptions()
+    if isinstance(settings, BatchOptions):
+        return settings
+    if isinstance(settings, PredictionSettings):
+        return BatchOptions(**settings.to_dict())
+    raise TypeError(f"settings must be BatchOptions or PredictionSettings, got {type(settings).__name__}")
+
+
+def _wait_all(client: Any, futures: list[Any], should_stop: StopCallback | None) -> list[Any]:
+    """Results in order; a task's exception is raised here, a stop cancels what is left."""
+    from distributed import wait
+
+    pending = list(futures)
+    try:
+        while pending:
+            if should_stop is not None and should_stop():
+                raise Cancelled("volume prediction cancelled; run again to resume")
+            try:
+                _, not_done = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+            except TimeoutError:
+                continue
+            for fut in pending:
+                if fut.status == "error":
+                    fut.result()  # raises the worker's exception (e.g. NaN in slice z)
+            pending = list(not_done)
+    finally:
+        if pending:
+            client.cancel(pending)
+    return [f.result() for f in futures]
+
+
+def _run_blocks(trained: Any, identity: dict[str, Any], job: VolumeJob, todo: list[tuple[int, int]],
+                client: Any, should_stop: StopCallback | None) -> None:
+    """Predict the blocks not yet recorded: here (one engine), or one dask task each."""
+    if client is None:
+        from .stack import PredictionEngine
+
+        with PredictionEngine(trained, job.options.prediction()) as engine:
+            for z0, z1 in todo:
+                predict_block(engine, job, z0, z1, should_stop)
+        return
+    if identity.get("path") is None:
+        raise ValueError("a cluster needs the model as a checkpoint file the workers can read; "
+                         "save it first (trained.save('model.pt'))")
+    futures = [client.submit(_block_task, identity["path"], identity["sha256"], job, z0, z1,
+                             key=f"napari-unet-block-{Path(job.input).name}-{z0}-{z1}-{time.time_ns()}",
+                             pure=False) for z0, z1 in todo]
+    _wait_all(client, futures, should_stop)
+
+
+def _finish_instances(job: VolumeJob, records: list[dict[str, Any]], client: Any,
+                      should_stop: StopCallback | None) -> int:
+    """The offset pass: ids continue across blocks in z order, as in a single-process run."""
+    offsets = np.concatenate([[0], np.cumsum([r["objects"] for r in records])]).astype(int)
+    args = [(job, r["z"][0], r["z"][1], int(o)) for r, o in zip(records, offsets[:-1])]
+    if client is None:
+        for a in args:
+            offset_block(*a)
+    else:
+        _wait_all(client, [client.submit(offset_block, *a, pure=False) for a in args], should_stop)
+    return int(offsets[-1])
+
+
+def _provenance(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict[str, Any],
+                records: list[dict[str, Any]], n_objects: int | None, block_z: int,
+                seconds: float, distributed: bool) -> dict[str, Any]:
+    from .batch import _environment
+
+    return {
+        "napari_unet_version": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "input": {"path": job.input, "level": job.level, "shape": list(volume.shape),
+                  "dtype": str(volume.dtype), "spacing": volume.spacing and list(volume.spacing),
+                  "unit": volume.unit},
+        "model": model_record(trained, identity),
+        "settings": {**job.options.to_dict(), "normalization_low_high": [job.low, job.high],
+                     "block_z": block_z, "blocks": len(records), "distributed": distributed},
+        "outputs": {k: Path(p).name for k, p in job.outputs.items()},
+        "instances": None if n_objects is None else
+        {"labelling": "2D per slice, ids unique across the volume", "count": n_objects},
+        "timings": {"seconds": round(seconds, 3),
+                    "block_seconds": round(sum(r["seconds"] for r in records), 3)},
+        "environment": _environment(),
+    }
+
+
+def segment_volume(model: Any, input: str | os.PathLike, output: str | os.PathLike, *,
+                   settings: Any = None, block_z: int = BLOCK_Z, client: Any = None,
+                   level: int = 0, should_stop: StopCallback | None = None) -> FileResult:
+    """Segment one zarr volume into OME-Zarr outputs in ``output``, block by block.
+
+    Args:
+        model: a checkpoint path (needed with a cluster) or a TrainedModel.
+        settings: :class:`BatchOptions` (what to compute and write) or PredictionSettings.
+        block_z: slices per task; also the outputs' z chunk.
+        client: None (this process), a ``distributed.Client``, a scheduler
+            address or a scheduler JSON file.
+        level: multiscale level of an OME-Zarr input (0: full resolution).
+
+    Returns a ``"done"`` or ``"skipped"`` (provenance exists) FileResult;
+    raises ValueError for a bad input (NaN slices named) and
+    :class:`Cancelled` on ``should_stop`` (finished blocks are kept).
+    """
+    from .._validation import as_stack, check_positive_int
+
+    t0 = time.perf_counter()
+    options = _as_options(settings)
+    block_z = check_positive_int(block_z, "block_z")
+    path = Path(input).expanduser().resolve()
+    outdir = Path(output).expanduser().resolve()
+    outdir.mkdir(parents=True, exist_ok=True)
+    targets = volume_outputs(path, outdir, options)
+    if targets[PROVENANCE].exists() and not options.overwrite:
+        return FileResult(path, "skipped", list(targets.values()), "outputs exist")
+    targets[PROVENANCE].unlink(missing_ok=True)
+    volume = ZarrVolume(path, level)
+    if volume.ndim != 3:
+        raise ValueError(f"{path.name}: a volume needs three axes (z, y, x), got shape {volume.shape}")
+    as_stack(np.broadcast_to(np.zeros((), volume.dtype), volume.shape), path.name)
+    trained, identity = load_model(model)
+    low, high = trained.normalization.statistics(volume)
+    scratch = str(outdir / f".{zarr_stem(path)}_instances.raw.zarr") if options.instances else None
+    job = VolumeJob(str(path), int(level), {k: str(p) for k, p in targets.items() if k != PROVENANCE},
+                    scratch, options, low, high)
+    _prepare(job, volume, block_z,
+             _fingerprint(identity, options, str(path), level, volume.shape, block_z), options.overwrite)
+    owned = False
+    if client is not None:
+        from .cluster import connect
+
+        client, owned = connect(client)
+    try:
+        return _run_volume(job, volume, trained, identity, targets, block_z, client, should_stop, t0)
+    finally:
+        if owned:
+            client.close()
+
+
+def _run_volume(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict[str, Any],
+                targets: dict[str, Path], block_z: int, client: Any,
+                should_stop: StopCallback | None, t0: float) -> FileResult:
+    """Blocks not recorded yet, then the instance offsets, then the provenance (marks done)."""
+    every = blocks(volume.shape[0], block_z)
+    todo = [b for b in every if not _record_path(job, *b).exists()]
+    try:
+        _run_blocks(trained, identity, job, todo, client, should_stop)
+    except ValueError as exc:
+        raise ValueError(f"{Path(job.input).name}: {exc}") from None
+    records = [json.loads(_record_path(job, *b).read_text()) for b in every]
+    n_objects = _finish_instances(job, records, client, should_stop) if job.scratch else None
+    seconds = time.perf_counter() - t0
+    record = _provenance(job, volume, trained, identity, records, n_objects, block_z, seconds,
+                         client is not None)
+    write_json(targets[PROVENANCE], record)
+    if job.scratch:
+        shutil.rmtree(job.scratch, ignore_errors=True)
+    return FileResult(Path(job.input), "done", list(targets.values()), "", seconds)
