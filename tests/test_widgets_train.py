@@ -433,3 +433,30 @@ def test_save_model_never_loses_the_model(make_napari_viewer, tmp_path, monkeypa
     widget.save_path.value = tmp_path / "ok.pt"
     assert widget.save_model() == tmp_path / "ok.pt"
     assert widget.status_level == "ok"
+
+
+def test_export_writes_a_bioimageio_package_in_the_background(make_napari_viewer, qtbot, tmp_path):
+    """Export for Fiji: a .zip beside 'save model as', made in a worker, read back by napari-unet."""
+    pytest.importorskip("bioimageio.spec")
+    from batch_helpers import tiny_model
+
+    from napari_unet.model.checkpoint import load_checkpoint
+
+    viewer = make_napari_viewer()
+    widget = open_train(viewer)
+    assert not widget.export.enabled  # nothing trained yet
+    model = tiny_model()
+    widget._keep_model(model, "a test model")
+    assert widget.export.enabled
+    click(widget.export)
+    assert widget.status_level == "error" and "save model as" in widget.status.value
+    widget.save_path.value = tmp_path / "mito.pt"
+    click(widget.export)
+    assert not widget.export.enabled and "Exporting" in widget.status.value
+    qtbot.waitUntil(lambda: widget.export.enabled, timeout=120_000)
+    assert widget.status_level == "ok", widget.status.value
+    package = tmp_path / "mito.zip"
+    assert package.is_file() and str(package) in widget.status.value
+    assert load_checkpoint(package).config == model.config
+    click(widget.export)  # the derived name exists now: never replaced
+    assert widget.status_level == "error" and "exists" in widget.status.value

@@ -57,7 +57,7 @@ class CorrectRouting:
         # the re-check that ends every job would replace the outcome with "paint a slice"
         self._sticky_status = (self.status.value, self.status_level)
         self._update_fields()
-        self.save.enabled = self.trained is not None
+        self.enable_model_actions(self.trained is not None)
 
     def revalidate(self, *args: Any) -> str | None:
         problem = super().revalidate(*args)

@@ -46,7 +46,7 @@ class TrainRun:
         self._tracker = None
         self._job_image = None
         self._update_fields()
-        self.save.enabled = self.trained is not None
+        self.enable_model_actions(self.trained is not None)
 
     def _track_slice(self, *_: Any) -> None:
         image = self._job_image
@@ -151,4 +151,4 @@ class TrainRun:
     def _keep_model(self, model: TrainedModel, description: str) -> None:
         self.trained = model
         models_for(self.viewer).publish(model, description)
-        self.save.enabled = True
+        self.enable_model_actions(True)

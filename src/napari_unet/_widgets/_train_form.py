@@ -183,6 +183,15 @@ class TrainFields:
         self.plot_box.native.layout().addWidget(self.plot)
         self.save_path = FileEdit(label="save model as", mode="w", filter="*.pt")
         self.save = PushButton(text="Save model", label="", enabled=False)
+        self.export = PushButton(text="Export for Fiji (bioimage.io)", enabled=False)
+        self.export.tooltip = (
+            "Write a bioimage.io model package (.zip, beside 'save model as') that "
+            "deepImageJ in Fiji and other bioimage.io tools run"
+        )
+        self.save_row = Container(
+            widgets=[self.save, self.export], layout="horizontal", labels=False, label=""
+        )
+        self.save_row.margins = (0, 0, 0, 0)
 
     def _theme_colors(self) -> dict[str, str]:
         from napari.utils.theme import get_theme
@@ -239,7 +248,7 @@ class TrainForm(TrainFields):
                 self.status,
                 self.plot_box,
                 self.save_path,
-                self.save,
+                self.save_row,
             ]
         )
         self.tidy()

@@ -98,6 +98,7 @@ class TrainWidget(CorrectRow, TrainForm, TrainRequestBuilder, TrainRun, TrainSav
             w.changed.connect(self.revalidate)
         self.show_advanced.changed.connect(self._update_fields)
         self.save.changed.connect(self.save_model)
+        self.export.changed.connect(self.export_model)
 
     # -- reactions to the user --------------------------------------------------
     def _on_image_changed(self, *_: Any) -> None:
