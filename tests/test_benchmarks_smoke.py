@@ -284,3 +284,37 @@ def test_gui_latency_quick(tmp_path: Path) -> None:
         f"max_gap_ms={worst['max_gap_ms']:.1f} p99_ms={worst['p99_ms']:.1f} "
         f"first_preview_s={worst['first_preview_s']:.2f} window_height_px={worst['window_height_px']}"
     )
+
+
+def test_eval_suggest_quick(tmp_path: Path) -> None:
+    mod = _load("eval_suggest")
+    out = tmp_path / "s.json"
+    report = mod.main(["--quick", "--out", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows == report["rows"]
+    assert {r["arm"] for r in rows} == {"base", "suggest", "random", "even"}
+    base = next(r for r in rows if r["arm"] == "base")
+    for r in rows:
+        assert 0.0 <= r["metric"] <= 1.0
+        if r["arm"] in ("suggest", "random"):
+            assert r["added"] not in base["slices"] and 0 <= r["added"] < 4  # pool only, never painted
+            assert r["slices"] == sorted(base["slices"] + [r["added"]])
+            assert 0 <= r["correct_px"] <= r["slice_px"] and r["scratch_px"] <= r["slice_px"]
+    assert {s["arm"] for s in report["summary"]} == {"base", "suggest", "random", "even"}
+    again = mod.main(["--quick", "--out", str(out)])  # resumable: every row is already there
+    assert again["rows"] == rows
+
+
+def test_eval_suggest_correction_pixels() -> None:
+    import numpy as np
+
+    mod = _load("eval_suggest")
+    gt = np.zeros((6, 6), bool)
+    gt[:, :2] = gt[:, 4:] = True  # two cells, membrane in the middle
+    assert mod.correction_pixels(gt, gt, instances=True) == 0
+    swapped = gt.copy()  # same cells, other ids: nothing to change
+    assert mod.correction_pixels(gt, swapped[:, ::-1], instances=True) == 0
+    merged = gt.copy()
+    merged[:, 2:4] = True  # the membrane painted as cell: one object covering both cells
+    assert mod.correction_pixels(gt, merged, instances=True) == 12 + 12  # membrane + the unmatched cell
+    assert mod.correction_pixels(gt, merged, instances=False) == 12
