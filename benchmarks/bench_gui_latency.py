@@ -319,6 +319,19 @@ def train_settings(widget: Any, start_from: str, iterations: int, preview_every:
         widget.show_advanced.value = False
 
 
+def grab_panels(viewer: Any, docks: dict[str, Any], folder: Path) -> list[str]:
+    """The whole window as a user sees it after the jobs, once with each panel's tab up."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, dock in docks.items():
+        dock.raise_()
+        wait_for(0.5)
+        path = folder / f"window_{name.lower()}.png"
+        viewer.window._qt_window.grab().save(str(path))
+        paths.append(str(path))
+    return paths
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     import napari
     import torch
@@ -418,6 +431,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             batch.device.value = args.device
             elapsed["batch"] = run_job(recorder, "batch", batch, args.timeout_s)
             report["batch_rows"] = [batch.row_status(r) for r in range(batch.table.rowCount())]
+        if args.screenshot is not None:
+            report["screenshots"] = grab_panels(viewer, docks, args.screenshot)
     finally:
         recorder.stop()
         sampler.stop()
@@ -492,6 +507,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default, what a user gets)")
     parser.add_argument("--timeout-s", type=float, default=900.0, help="per job")
+    parser.add_argument("--screenshot", type=Path, metavar="DIR",
+                        help="save the window with each panel's tab up (PNG) after the jobs")
     parser.add_argument("--stacks", type=int, default=5, help="heaviest stacks shown per phase")
     parser.add_argument("--stack-depth", type=int, default=4, help="innermost frames per stack")
     args = parser.parse_args(argv)
