@@ -86,3 +86,23 @@ def test_painted_slices_follow_the_annotation_mode(stack, trained):
         suggest_slices(trained, image, scribbles, z_range=(NOISE_Z, NOISE_Z + 1))
     with pytest.raises(ValueError, match="shape"):
         suggest_slices(trained, image, scribbles[:3])
+
+
+def test_scores_match_the_prediction_path(stack, trained):
+    """The scoring walk keeps one number per slice, the same numbers ``predict`` reports."""
+    from napari_unet import predict
+    from napari_unet.training.suggest import score_steps
+
+    image = stack[0]
+    steps = score_steps(trained, image, [1, 3], settings=None)
+    progress = []
+    while True:
+        try:
+            progress.append(next(steps))
+        except StopIteration as done:
+            scores = done.value
+            break
+    assert [p.z for p in progress] == [1, 3]
+    reference = predict(trained, image, slices=[1, 3], uncertainty=True).slice_scores
+    np.testing.assert_array_equal(scores, reference)
+    assert np.isnan(scores[[0, 2]]).all()

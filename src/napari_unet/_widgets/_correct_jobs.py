@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Generator
 
 import numpy as np
 
+from ..prediction.settings import PredictionSettings
 from ._jobs import JobFailed, describe_error, user_error_types
 
 if TYPE_CHECKING:
@@ -48,56 +49,53 @@ class SuggestOutcome:
     raw_scores: np.ndarray | None  # the model's per-slice uncertainty (NaN: not predicted)
 
 
-def _predict(
-    request: CorrectRequest, cancel: threading.Event, **options: Any
-) -> Generator[PredictProgress, None, Any]:
-    from ..prediction.inference import predict_steps
-
-    return (
-        yield from predict_steps(
-            request.model,
-            request.image,
-            slices=request.zs,
-            device=request.device,
-            batch_size=request.batch_size,
-            should_stop=cancel.is_set,
-            **options,
-        )
-    )
-
-
 def copy_job(
     request: CorrectRequest, cancel: threading.Event
 ) -> Generator[PredictProgress, None, CopyOutcome | JobFailed]:
-    """Predict slice ``zs[0]`` and turn it into annotation ids (not written: the panel does)."""
+    """Predict slice ``zs[0]`` and turn it into annotation ids (not written: the panel does).
+
+    Only that slice is predicted and kept (the stack's normalisation statistics
+    still come from the whole stack, as in the Segment panel): no stack-sized
+    result arrays for one slice.
+    """
     from ..errors import Cancelled
+    from ..prediction.inference import PredictProgress
+    from ..prediction.stack import PredictionEngine, StackPrediction
     from ..training.correction import copy_prediction
 
     (z,) = request.zs
     dense = request.mode == "dense"
+    settings = PredictionSettings(
+        device=request.device, batch_size=request.batch_size, probabilities=False, instances=dense
+    )
     try:
-        pred = yield from _predict(request, cancel, instances=dense)
-        predicted = pred.instances if dense else pred.semantic
-        result = copy_prediction(request.annotation, predicted[z], [z], mode=request.mode)
+        with PredictionEngine(request.model, settings, should_stop=cancel.is_set) as engine:
+            (result,) = StackPrediction(engine, request.image, [z], should_stop=cancel.is_set)
+        yield PredictProgress(1, 1, z)
+        predicted = result.instances if dense else result.semantic
+        copied = copy_prediction(request.annotation, predicted, [z], mode=request.mode)
     except Cancelled:
         return CopyOutcome(z, None)
     except user_error_types() as exc:
         return JobFailed(describe_error(exc))
-    return CopyOutcome(z, result)
+    return CopyOutcome(z, copied)
 
 
 def suggest_job(
     request: CorrectRequest, cancel: threading.Event
 ) -> Generator[PredictProgress, None, SuggestOutcome | JobFailed]:
-    """Predict the unpainted slices with uncertainty and rank them (3 best)."""
+    """Score the unpainted slices by uncertainty and rank them (3 best)."""
     from ..errors import Cancelled
-    from ..training.suggest import rank_slices
+    from ..training.suggest import rank_slices, score_steps
 
+    settings = PredictionSettings(device=request.device, batch_size=request.batch_size)
     try:
-        pred = yield from _predict(request, cancel, uncertainty=True)
-        ranked = rank_slices(pred.slice_scores, request.painted, 3)
+        scores = yield from score_steps(
+            request.model, request.image, request.zs, settings=settings, should_stop=cancel.is_set
+        )
+        ranked = rank_slices(scores, request.painted, 3)
     except Cancelled:
         return SuggestOutcome([], None)
     except user_error_types() as exc:
         return JobFailed(describe_error(exc))
-    return SuggestOutcome(ranked, pred.slice_scores)
+    return SuggestOutcome(ranked, scores)

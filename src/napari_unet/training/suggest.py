@@ -11,7 +11,7 @@ close to painted (and already suggested) slices.
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Generator, Sequence
 
 import numpy as np
 
@@ -106,6 +106,44 @@ def _painted_slices(labels: Any, annotation: AnnotationSettings, shape: tuple[in
     return list(summarize(labels, annotation).slices)
 
 
+def score_steps(
+    model: Any | str | os.PathLike,
+    image: Any,
+    zs: Sequence[int],
+    *,
+    method: str = "entropy",
+    settings: Any | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[Any, None, np.ndarray]:
+    """Score slices ``zs`` of ``image`` by uncertainty, yielding progress per slice.
+
+    Returns one score per slice of the stack (NaN where not scored). Walks the
+    one prediction loop but keeps only the scores: no probability or
+    uncertainty maps of the whole stack are held, whatever its size. ``method``
+    is ``"entropy"`` or ``"tta"`` (which turns test-time augmentation on).
+    """
+    from .._validation import as_stack
+    from ..prediction.inference import PredictProgress, _resolve_model
+    from ..prediction.settings import PredictionSettings
+    from ..prediction.stack import PredictionEngine, StackPrediction
+    from ..prediction.uncertainty import slice_score
+
+    extra = {"tta": True} if method == "tta" else {}
+    settings = PredictionSettings.build(
+        settings, probabilities=False, instances=False, uncertainty=True,
+        uncertainty_method=method, **extra,
+    )
+    trained = _resolve_model(model)
+    stack = as_stack(image, "image")
+    scores = np.full(stack.shape[0], np.nan, np.float32)
+    with PredictionEngine(trained, settings, should_stop=should_stop) as engine:
+        walk = StackPrediction(engine, stack, zs, should_stop=should_stop)
+        for i, result in enumerate(walk):
+            scores[result.z] = slice_score(result.uncertainty)
+            yield PredictProgress(i + 1, len(zs), result.z)
+    return scores
+
+
 def suggest_slices(
     model: Any | str | os.PathLike,
     image: Any,
@@ -130,7 +168,7 @@ def suggest_slices(
     ``diversity``. Returns ``(z, score)`` pairs, best first.
     """
     from .._validation import as_stack
-    from ..prediction.inference import _resolve_model, predict
+    from ..prediction.inference import _resolve_model
 
     trained = _resolve_model(model)
     stack = as_stack(image, "image")
@@ -140,11 +178,11 @@ def suggest_slices(
     candidates = [z for z in range(start, stop) if z not in set(painted)]
     if not candidates:
         raise _nothing_left(start, stop)
-    extra = {"tta": True} if method == "tta" else {}
-    prediction = predict(
-        trained, stack, slices=candidates, settings=settings, probabilities=False,
-        instances=False, uncertainty=True, uncertainty_method=method, **extra,
-    )
-    return rank_slices(
-        prediction.slice_scores, painted, n, z_range=(start, stop), diversity=diversity
-    )
+    steps = score_steps(trained, stack, candidates, method=method, settings=settings)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            scores = done.value
+            break
+    return rank_slices(scores, painted, n, z_range=(start, stop), diversity=diversity)
