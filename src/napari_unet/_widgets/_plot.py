@@ -122,12 +122,6 @@ class TrainingPlot(QWidget):
         return PlotData(tuple(self.iterations), tuple(self.losses), tuple(self.smoothed),
                         tuple(self.val_iterations), tuple(self.val_metrics))
 
-    def x_range(self) -> tuple[float, float]:
-        return self.snapshot().x_range()
-
-    def loss_range(self) -> tuple[float, float]:
-        return self.snapshot().loss_range()
-
     # -- drawing --------------------------------------------------------------
     def redraw(self) -> None:
         """Draw as soon as the drawing thread is free (start and end of a run)."""
@@ -184,5 +178,7 @@ class TrainingPlot(QWidget):
         if self._pending is not None:
             self._pending.result()
         size = self._picture.size()
-        job = (self.snapshot(), size.width(), size.height(), 1.0, self._generation)
-        return self._executor.submit(self._figure.render, *job[:4]).result()
+        job = self._executor.submit(
+            self._figure.render, self.snapshot(), size.width(), size.height(), 1.0
+        )
+        return job.result()
