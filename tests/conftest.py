@@ -15,6 +15,17 @@ def _threads() -> None:
     torch.set_num_threads(2)
 
 
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread for the widget tests: on two shared CI cores, OpenMP
+    threads spinning against the Qt main thread and the batch producer make runs
+    5-10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def em_stack():
     """(8, 128, 128) synthetic EM stack with its ground-truth instances."""

@@ -11,15 +11,7 @@ from batch_helpers import save_tiny_model, tiny_model, write_stack
 PLUGIN = "napari-unet"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op torch thread: OpenMP threads spinning against the Qt main thread slow CI."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

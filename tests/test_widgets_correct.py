@@ -17,14 +17,7 @@ SHAPE = (6, 64, 64)
 SCALE, TRANSLATE = (2.0, 1.0, 1.0), (5.0, 3.0, 1.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,7 @@ from napari_unet._widgets._jobs import (
 from napari_unet.prediction.settings import PredictionSettings
 from napari_unet.synthetic import partial_annotation, synthetic_em_stack
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,7 @@ PLUGIN = "napari-unet"
 LONG = "a status message that goes on and on, as a long error would " * 30
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op torch thread on two shared CI cores."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

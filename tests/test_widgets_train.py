@@ -17,16 +17,7 @@ from napari_unet.synthetic import partial_annotation, synthetic_em_stack
 PLUGIN = "napari-unet"
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op torch thread: on two shared CI cores, OpenMP threads spinning
-    against the Qt main thread and the batch producer make runs 5-10x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def open_train(viewer):
