@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import pytest
@@ -160,7 +161,7 @@ def test_fine_tuning_shows_the_starting_model_at_once(data):
     assert isinstance(outcome, TrainOutcome)
 
 
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice values are Linux's")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 def test_jobs_run_behind_the_viewer():
     """A job thread is nicer than napari's, and its generator's values and result pass through."""
     import threading
@@ -187,3 +188,24 @@ def test_jobs_run_behind_the_viewer():
     thread.join()
     assert seen == {"nice": max(_JOB_NICE, here), "result": 42}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == here  # napari's thread
+
+
+def test_priority_is_left_alone_off_linux(monkeypatch):
+    """On macOS a thread id given to setpriority names a process: never call it there."""
+    from napari_unet._widgets._job_runner import _behind_the_viewer
+
+    def refuse(*args):
+        raise AssertionError("setpriority called off Linux")
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    monkeypatch.setattr(os, "setpriority", refuse, raising=False)
+
+    def job():
+        yield 1
+        return 2
+
+    gen = _behind_the_viewer(job)
+    assert next(gen) == 1
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert stop.value.value == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable
@@ -213,7 +214,8 @@ def _behind_the_viewer(job: Callable[..., Any], *args: Any) -> Any:
     the lower priority for later background work: only raising it needs
     privileges.)
     """
-    if hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+    # only Linux: elsewhere (macOS) PRIO_PROCESS with a thread id names a *process*
+    if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError):
             tid = threading.get_native_id()
             nice = max(os.getpriority(os.PRIO_PROCESS, tid), _JOB_NICE)
