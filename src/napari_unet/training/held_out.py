@@ -108,7 +108,10 @@ def held_out_dice(
     from ..prediction.overlap_tile import TilePredictor
 
     model.eval()
-    predictor = TilePredictor(model, batch_size=batch_size, device=device, amp=amp)
+    # validated in the precision the run trains in (bf16 on CPUs that have it, as
+    # prediction does)
+    predictor = TilePredictor(model, batch_size=batch_size, device=device, amp=amp,
+                              precision="auto" if amp else "float32")
     scores = []
     margin = model.margin
     for z, (ry, rx), target in val:
