@@ -95,6 +95,16 @@ the accuracy on the slices that were not painted.
 """
 
 
+def _z_smoothing(text: str) -> float | str:
+    """``--z-smoothing``: "auto" or a sigma in slices, checked as the engine checks it."""
+    from ..prediction.z_context import check_z_smoothing
+
+    try:
+        return check_z_smoothing(text if text.strip().lower() == "auto" else float(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -141,6 +151,10 @@ def _add_train(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: tup
     p.add_argument("--preset", choices=sorted(PRESETS),
                    help="network size for training from scratch (default: 'default')")
     p.add_argument("--iterations", type=int, metavar="N", help="training iterations (default 500)")
+    p.add_argument("--minutes", type=float, metavar="M",
+                   help="stop after M minutes of training (or at --iterations, whichever comes "
+                        "first); the learning rate decays over the time, so a short budget still "
+                        "ends well")
     p.add_argument("--lr", type=float, metavar="RATE",
                    help="learning rate (default 1e-3 from scratch, 3e-4 when fine-tuning)")
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per iteration (default 4)")
@@ -202,12 +216,19 @@ def _add_segment(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: t
     p.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="arithmetic (default: auto = mixed precision on GPUs, bf16 on CPUs "
                         "that compute it natively, else float32)")
+    p.add_argument("--z-smoothing", type=_z_smoothing, default="auto", metavar="auto|SIGMA",
+                   help="3D context: average each slice's probabilities with its neighbours' "
+                        "(Gaussian sigma in slices; 0: every slice alone). auto (default): 2 "
+                        "slices on stacks whose neighbouring slices look alike (FIB-SEM), else 0")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run one dask.distributed task per stack on this scheduler "
                    "(tcp://host:8786 or a scheduler JSON file); a zarr volume is split into "
                    "one task per --block-z slices")
     p.add_argument("--block-z", type=int, default=16, metavar="N",
                    help="zarr volumes: slices per task and z chunk of the OME-Zarr outputs (default 16)")
+    p.add_argument("--block-xy", type=int, default=None, metavar="PX",
+                   help="zarr volumes: also cut slices into xy blocks of PX pixels, for slices "
+                        "too large for one task (same result; not with --instances)")
     p.add_argument("--level", type=int, default=0, metavar="N",
                    help="zarr volumes: multiscale level to segment (default 0, full resolution)")
     p.set_defaults(func=cmd_segment)

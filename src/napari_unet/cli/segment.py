@@ -37,6 +37,7 @@ def _options(args: argparse.Namespace) -> Any:
         precision=args.precision,
         uncertainty=args.uncertainty,
         uncertainty_method=args.uncertainty_method,
+        z_smoothing=args.z_smoothing,
     )
 
 
@@ -119,6 +120,7 @@ def _segment_volume(args: argparse.Namespace, volume: Path, outdir: Path, option
     print(f"Segmenting the volume {volume.name} in blocks of {args.block_z} slices on {where}.")
     try:
         return segment_volume(args.model, volume, outdir, settings=options, block_z=args.block_z,
+                              block_xy=args.block_xy,
                               client=args.scheduler or None, level=args.level,
                               should_stop=should_stop)
     except (ValueError, OSError) as exc:

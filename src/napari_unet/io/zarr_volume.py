@@ -162,6 +162,7 @@ def create_ome_zarr(
     dtype: Any,
     *,
     chunk_z: int,
+    chunk_xy: int | None = None,
     spacing: tuple[float, ...] | None = None,
     unit: str | None = None,
     attrs: dict[str, Any] | None = None,
@@ -169,7 +170,8 @@ def create_ome_zarr(
     """An empty (fill 0) single-level OME-Zarr 0.5 image at ``path``; returns its array ``0``.
 
     Chunks are ``chunk_z`` deep (so blocks of that many slices never share
-    a chunk) and at most :data:`XY_CHUNK` wide, zstd-compressed.
+    a chunk) and ``chunk_xy`` (default :data:`XY_CHUNK`) at most wide, so
+    xy blocks of that edge never share one either; zstd-compressed.
     """
     import zarr
     from ome_zarr.format import FormatV05
@@ -177,7 +179,7 @@ def create_ome_zarr(
     from zarr.codecs import BloscCodec
 
     names = "zyx"[-len(shape):]
-    chunks = ((chunk_z,) if len(shape) == 3 else ()) + tuple(min(n, XY_CHUNK) for n in shape[-2:])
+    chunks = ((chunk_z,) if len(shape) == 3 else ()) + tuple(min(n, chunk_xy or XY_CHUNK) for n in shape[-2:])
     group = zarr.open_group(str(path), mode="w", zarr_format=3)
     array = group.create_array(
         "0", shape=shape, chunks=chunks, dtype=np.dtype(dtype), fill_value=0,

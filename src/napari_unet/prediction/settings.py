@@ -18,6 +18,7 @@ import numpy as np
 
 from .._validation import check_positive_int
 from .uncertainty import UNCERTAINTY_METHODS
+from .z_context import check_z_smoothing
 
 #: How objects are separated in a foreground mask (see ``postprocess.instance_labels``):
 #: the one list the engine, CLI, panels and docs offer.
@@ -61,6 +62,11 @@ class PredictionSettings:
         uncertainty_method: one of :data:`UNCERTAINTY_METHODS`: ``"entropy"``
             of the softmax, or ``"tta"`` disagreement of the 8 test-time
             augmentation variants (needs ``tta=True``).
+        z_smoothing: 3D context for a 2D network: each slice's probabilities
+            averaged with its neighbours' (Gaussian, this sigma in slices; 0:
+            every slice alone). ``"auto"``: 2 slices when a whole stack whose
+            neighbouring slices look alike (near-isotropic voxels, FIB-SEM) is
+            predicted, else 0 (serial sections; previews of one slice).
     """
 
     tile_size: int | None = None
@@ -76,6 +82,7 @@ class PredictionSettings:
     precision: str = "auto"
     uncertainty: bool = False
     uncertainty_method: str = "entropy"
+    z_smoothing: float | str = "auto"
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
@@ -112,6 +119,7 @@ class PredictionSettings:
             )
         set_(self, "precision", precision)
         self._check_uncertainty()
+        set_(self, "z_smoothing", check_z_smoothing(self.z_smoothing))
         if self.precision == "bfloat16" and not self.amp:
             raise ValueError(
                 "precision='bfloat16' contradicts amp=False (which means float32); drop amp=False"

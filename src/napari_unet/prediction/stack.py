@@ -29,6 +29,7 @@ from ..devices import release_memory, resolve_device
 from ..errors import Cancelled
 from ..model.normalization import Normalization
 from .settings import PredictionSettings
+from .z_context import resolve_z_sigma, walk_z
 
 StopCallback = Callable[[], bool]
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
@@ -152,6 +153,7 @@ class StackPrediction:
         self.statistics_seconds = 0.0
         self.network_seconds = 0.0
         self.n_objects = 0
+        self.z_sigma = 0.0  # resolved from settings.z_smoothing when the walk starts
 
     def _stop_requested(self) -> bool:
         return self.should_stop is not None and bool(self.should_stop())
@@ -168,14 +170,11 @@ class StackPrediction:
         else:
             self.low, self.high = self.engine.trained.normalization.statistics(self.stack)
         self.statistics_seconds = time.perf_counter() - t0
-        for z in self.zs:
-            if self._stop_requested():
+        whole = len(self.zs) == int(self.stack.shape[0])
+        self.z_sigma = resolve_z_sigma(settings.z_smoothing, self.stack, whole)
+        for z, probs, uncertainty in self._probabilities():
+            if self._stop_requested():  # also between slices the smoothing had ready
                 raise Cancelled("prediction cancelled")
-            raw = np.asarray(self.stack[z])
-            check_finite(raw, "image", f" (slice {z})")
-            t1 = time.perf_counter()
-            probs, uncertainty = self._network(Normalization.apply(raw, self.low, self.high))
-            self.network_seconds += time.perf_counter() - t1
             semantic = semantic_labels(probs, settings.threshold)
             foreground = None
             if settings.probabilities or settings.needs_foreground:
@@ -190,6 +189,24 @@ class StackPrediction:
                 )
                 ids = self._continue_ids(ids)
             yield SlicePrediction(z, probs, semantic, foreground, ids, uncertainty)
+
+    def _slice(self, z: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The network's probabilities (and uncertainty) of slice ``z`` alone."""
+        if self._stop_requested():
+            raise Cancelled("prediction cancelled")
+        raw = np.asarray(self.stack[z])
+        check_finite(raw, "image", f" (slice {z})")
+        t1 = time.perf_counter()
+        out = self._network(Normalization.apply(raw, self.low, self.high))
+        self.network_seconds += time.perf_counter() - t1
+        return out
+
+    def _probabilities(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """``(z, probabilities, uncertainty)`` of each slice to yield, in order;
+        probabilities smoothed along z when ``z_sigma`` > 0 (see :func:`walk_z`)."""
+        depth = int(self.stack.shape[0])
+        for z, probs, (_, uncertainty) in walk_z(self.zs, depth, self.z_sigma, self._slice):
+            yield z, probs, uncertainty
 
     def _network(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities of one normalised slice and, when asked, its uncertainty map."""

@@ -19,12 +19,16 @@ Outputs are written in place (not renamed into place: a volume may be larger
 than what one rename-able temporary could hold). Each finished block leaves
 a small JSON record in ``<stem>_labels.zarr/napari_unet_blocks/``, so an
 interrupted run resumes with the blocks that have none; ``<stem>_provenance.json``
-is written last and marks the volume as done. Blocks split only z (not xy):
-a block holds ``block_z`` whole slices in memory.
+is written last and marks the volume as done. By default blocks split only z:
+a block holds ``block_z`` whole slices in memory. With ``block_xy`` they split
+y and x too (windows of ``block_xy`` pixels, also the outputs' xy chunk), and
+each window is predicted with the whole slice's tile plan
+(:mod:`.volume_xy`), so labels and probabilities stay bit-identical.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -53,6 +57,7 @@ from .batch import (
     unit_page,
     write_json,
 )
+from .z_context import resolve_z_sigma
 
 StopCallback = Callable[[], bool]
 BLOCK_Z = 16
@@ -81,6 +86,7 @@ class VolumeJob:
     options: BatchOptions
     low: float
     high: float
+    block_xy: int | None = None  # xy window edge; None: whole slices
 
     @property
     def records(self) -> Path:
@@ -92,17 +98,66 @@ def blocks(depth: int, block_z: int) -> list[tuple[int, int]]:
     return [(z0, min(z0 + block_z, depth)) for z0 in range(0, depth, block_z)]
 
 
-def _record_path(job: VolumeJob, z0: int, z1: int) -> Path:
-    return job.records / f"{z0:09d}-{z1:09d}.json"
+Block = tuple[int, int, Any]  # z0, z1, xy window (y0, y1, x0, x1) or None (whole slices)
+
+
+def volume_blocks(shape: tuple[int, ...], block_z: int, block_xy: int | None) -> list[Block]:
+    """Every block of a volume, z-major: whole-slice z-blocks, or each z-block's xy windows."""
+    from .volume_xy import xy_windows
+
+    windows = [None] if block_xy is None else xy_windows(shape[1:], block_xy)
+    return [(z0, z1, w) for z0, z1 in blocks(shape[0], block_z) for w in windows]
+
+
+def _record_path(job: VolumeJob, z0: int, z1: int, window: Any = None) -> Path:
+    if window is None:
+        return job.records / f"{z0:09d}-{z1:09d}.json"
+    y0, _, x0, _ = window
+    return job.records / f"{z0:09d}-{z1:09d}_y{y0:09d}_x{x0:09d}.json"
+
+
+def _predict_window_block(engine: Any, job: VolumeJob, z0: int, z1: int, window: Any,
+                          should_stop: StopCallback | None) -> dict[str, Any]:
+    """One xy window of slices ``z0:z1`` (no instances), written in place with its record."""
+    import zarr
+
+    from .volume_xy import predict_window
+
+    t0 = time.perf_counter()
+    volume = ZarrVolume(job.input, job.level)
+    y0, y1, x0, x1 = window
+    shape = (z1 - z0, y1 - y0, x1 - x0)
+    unit_dtype = np.dtype(job.options.probability_dtype)
+    buffers = {LABELS: np.zeros(shape, np.uint8)}
+    buffers.update({k: np.zeros(shape, unit_dtype) for k in (PROBABILITIES, UNCERTAINTY)
+                    if k in job.outputs})
+    source = {LABELS: "semantic", PROBABILITIES: "foreground", UNCERTAINTY: "uncertainty"}
+    engine.should_stop = should_stop
+    try:
+        for z, result in predict_window(engine, volume, range(z0, z1), window,
+                                        job.options.prediction(), (job.low, job.high)):
+            for kind, data in buffers.items():
+                page = result[source[kind]]
+                data[z - z0] = page if kind == LABELS else unit_page(page, job.options.probability_dtype)
+    finally:
+        engine.should_stop = None
+    for kind, data in buffers.items():
+        zarr.open_array(f"{job.outputs[kind]}/0", mode="r+")[z0:z1, y0:y1, x0:x1] = data
+    record = {"z": [z0, z1], "y": [y0, y1], "x": [x0, x1], "objects": 0,
+              "seconds": round(time.perf_counter() - t0, 3)}
+    write_json(_record_path(job, z0, z1, window), record)
+    return record
 
 
 def predict_block(engine: Any, job: VolumeJob, z0: int, z1: int,
-                  should_stop: StopCallback | None = None) -> dict[str, Any]:
-    """Predict slices ``z0:z1`` and write them and the block's completion record."""
+                  should_stop: StopCallback | None = None, *, window: Any = None) -> dict[str, Any]:
+    """Predict slices ``z0:z1`` (or one xy ``window`` of them) and write them and the block's record."""
     import zarr
 
     from .stack import StackPrediction
 
+    if window is not None:
+        return _predict_window_block(engine, job, z0, z1, window, should_stop)
     t0 = time.perf_counter()
     volume = ZarrVolume(job.input, job.level)
     settings = job.options.prediction()
@@ -134,14 +189,17 @@ def predict_block(engine: Any, job: VolumeJob, z0: int, z1: int,
     return record
 
 
-def _block_task(model_path: str, sha256: str, job: VolumeJob, z0: int, z1: int) -> dict[str, Any]:
+def _block_task(model_path: str, sha256: str, job: VolumeJob, z0: int, z1: int,
+                window: Any = None) -> dict[str, Any]:
     """Runs on a worker: one block with the worker's cached model."""
     from .cluster import _worker_model
     from .stack import PredictionEngine
 
     trained = _worker_model(model_path, sha256)
     with PredictionEngine(trained, job.options.prediction()) as engine:
-        return predict_block(engine, job, z0, z1)
+        if window is None:
+            return predict_block(engine, job, z0, z1)
+        return predict_block(engine, job, z0, z1, window=window)
 
 
 def offset_block(job: VolumeJob, z0: int, z1: int, offset: int) -> None:
@@ -157,10 +215,11 @@ def offset_block(job: VolumeJob, z0: int, z1: int, offset: int) -> None:
 
 
 def _fingerprint(identity: dict[str, Any], options: BatchOptions, input: str, level: int,
-                 shape: tuple[int, ...], block_z: int) -> str:
+                 shape: tuple[int, ...], block_z: int, block_xy: int | None = None) -> str:
     """What a resumed run must share with the run that wrote the blocks."""
     settings = {k: v for k, v in options.to_dict().items() if k != "overwrite"}
-    text = json.dumps([identity, settings, input, level, list(shape), block_z], sort_keys=True, default=str)
+    blocking: Any = block_z if block_xy is None else [block_z, block_xy]  # old runs' prints unchanged
+    text = json.dumps([identity, settings, input, level, list(shape), blocking], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -182,7 +241,7 @@ def _prepare(job: VolumeJob, volume: ZarrVolume, block_z: int, fingerprint: str,
             f"{labels} exists and was written with another model, settings or block size; "
             "pass overwrite=True (--overwrite) to start again"
         )
-    meta = {"spacing": volume.spacing, "unit": volume.unit, "chunk_z": block_z}
+    meta = {"spacing": volume.spacing, "unit": volume.unit, "chunk_z": block_z, "chunk_xy": job.block_xy}
     stores = {k: v for k, v in job.outputs.items() if k != LABELS}
     if job.scratch is not None:
         stores["scratch"] = job.scratch
@@ -231,22 +290,26 @@ def _wait_all(client: Any, futures: list[Any], should_stop: StopCallback | None)
     return [f.result() for f in futures]
 
 
-def _run_blocks(trained: Any, identity: dict[str, Any], job: VolumeJob, todo: list[tuple[int, int]],
+def _run_blocks(trained: Any, identity: dict[str, Any], job: VolumeJob, todo: list[Block],
                 client: Any, should_stop: StopCallback | None) -> None:
     """Predict the blocks not yet recorded: here (one engine), or one dask task each."""
     if client is None:
         from .stack import PredictionEngine
 
         with PredictionEngine(trained, job.options.prediction()) as engine:
-            for z0, z1 in todo:
-                predict_block(engine, job, z0, z1, should_stop)
+            for z0, z1, window in todo:
+                if window is None:
+                    predict_block(engine, job, z0, z1, should_stop)
+                else:
+                    predict_block(engine, job, z0, z1, should_stop, window=window)
         return
     if identity.get("path") is None:
         raise ValueError("a cluster needs the model as a checkpoint file the workers can read; "
                          "save it first (trained.save('model.pt'))")
-    futures = [client.submit(_block_task, identity["path"], identity["sha256"], job, z0, z1,
-                             key=f"napari-unet-block-{Path(job.input).name}-{z0}-{z1}-{time.time_ns()}",
-                             pure=False) for z0, z1 in todo]
+    futures = [client.submit(_block_task, identity["path"], identity["sha256"], job, z0, z1, window,
+                             key=f"napari-unet-block-{Path(job.input).name}-{z0}-{z1}-"
+                                 f"{'' if window is None else '%d-%d-' % (window[0], window[2])}{time.time_ns()}",
+                             pure=False) for z0, z1, window in todo]
     _wait_all(client, futures, should_stop)
 
 
@@ -276,7 +339,8 @@ def _provenance(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict
                   "unit": volume.unit},
         "model": model_record(trained, identity),
         "settings": {**job.options.to_dict(), "normalization_low_high": [job.low, job.high],
-                     "block_z": block_z, "blocks": len(records), "distributed": distributed},
+                     "block_z": block_z, "block_xy": job.block_xy, "blocks": len(records),
+                     "distributed": distributed},
         "outputs": {k: Path(p).name for k, p in job.outputs.items()},
         "instances": None if n_objects is None else
         {"labelling": "2D per slice, ids unique across the volume", "count": n_objects},
@@ -287,14 +351,22 @@ def _provenance(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict
 
 
 def segment_volume(model: Any, input: str | os.PathLike, output: str | os.PathLike, *,
-                   settings: Any = None, block_z: int = BLOCK_Z, client: Any = None,
-                   level: int = 0, should_stop: StopCallback | None = None) -> FileResult:
+                   settings: Any = None, block_z: int = BLOCK_Z, block_xy: int | None = None,
+                   client: Any = None, level: int = 0,
+                   should_stop: StopCallback | None = None) -> FileResult:
     """Segment one zarr volume into OME-Zarr outputs in ``output``, block by block.
 
     Args:
         model: a checkpoint path (needed with a cluster) or a TrainedModel.
         settings: :class:`BatchOptions` (what to compute and write) or PredictionSettings.
         block_z: slices per task; also the outputs' z chunk.
+        block_xy: also cut slices into windows of this many pixels in y and x
+            (also the outputs' xy chunk), for slices too large for one task.
+            Labels, probabilities and uncertainty stay bit-identical to whole
+            slices (each window runs the whole slice's tiles that touch it).
+            Needs a valid-padding network, and refuses ``instances`` with a
+            ValueError: an object crossing a window border would get two ids,
+            and the ids would no longer match a single-process run.
         client: None (this process), a ``distributed.Client``, a scheduler
             address or a scheduler JSON file.
         level: multiscale level of an OME-Zarr input (0: full resolution).
@@ -308,6 +380,11 @@ def segment_volume(model: Any, input: str | os.PathLike, output: str | os.PathLi
     t0 = time.perf_counter()
     options = _as_options(settings)
     block_z = check_positive_int(block_z, "block_z")
+    if block_xy is not None:
+        block_xy = check_positive_int(block_xy, "block_xy")
+        if options.instances:
+            raise ValueError("instances cannot be computed with xy blocks (block_xy): an object "
+                             "crossing a block border would get two ids; use block_xy=None")
     path = Path(input).expanduser().resolve()
     outdir = Path(output).expanduser().resolve()
     outdir.mkdir(parents=True, exist_ok=True)
@@ -320,12 +397,17 @@ def segment_volume(model: Any, input: str | os.PathLike, output: str | os.PathLi
         raise ValueError(f"{path.name}: a volume needs three axes (z, y, x), got shape {volume.shape}")
     as_stack(np.broadcast_to(np.zeros((), volume.dtype), volume.shape), path.name)
     trained, identity = load_model(model)
+    if block_xy is not None and trained.model.geometry.padding != "valid":
+        raise ValueError("xy blocks (block_xy) need a valid-padding network; use block_xy=None")
     low, high = trained.normalization.statistics(volume)
+    # "auto" z smoothing is decided once, on the whole volume, so that every block agrees
+    options = dataclasses.replace(options, z_smoothing=resolve_z_sigma(options.z_smoothing, volume))
     scratch = str(outdir / f".{zarr_stem(path)}_instances.raw.zarr") if options.instances else None
     job = VolumeJob(str(path), int(level), {k: str(p) for k, p in targets.items() if k != PROVENANCE},
-                    scratch, options, low, high)
+                    scratch, options, low, high, block_xy)
     _prepare(job, volume, block_z,
-             _fingerprint(identity, options, str(path), level, volume.shape, block_z), options.overwrite)
+             _fingerprint(identity, options, str(path), level, volume.shape, block_z, block_xy),
+             options.overwrite)
     owned = False
     if client is not None:
         from .cluster import connect
@@ -342,7 +424,7 @@ def _run_volume(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict
                 targets: dict[str, Path], block_z: int, client: Any,
                 should_stop: StopCallback | None, t0: float) -> FileResult:
     """Blocks not recorded yet, then the instance offsets, then the provenance (marks done)."""
-    every = blocks(volume.shape[0], block_z)
+    every = volume_blocks(volume.shape, block_z, job.block_xy)
     todo = [b for b in every if not _record_path(job, *b).exists()]
     try:
         _run_blocks(trained, identity, job, todo, client, should_stop)
