@@ -374,6 +374,22 @@ def test_class_balancing_is_an_advanced_choice_that_reaches_training(make_napari
     assert widget.build_request().config.annotation.balance is True
 
 
+def test_time_limit_is_a_default_that_reaches_training_and_the_ready_line(make_napari_viewer):
+    viewer = make_napari_viewer()
+    add_small_stack(viewer)
+    widget = open_train(viewer)
+    # the default: what 5 minutes of a 2-core CPU give, at most 1000 iterations
+    assert widget.minutes.value == 5.0 and widget.iterations.value == 1000
+    assert widget.build_request().config.time_limit_s == pytest.approx(300.0)
+    assert "1000 iterations or 5 min, whichever comes first" in widget.status.value
+    widget.minutes.value = 0.5
+    assert widget.build_request().config.time_limit_s == pytest.approx(30.0)
+    assert "or 0.5 min" in widget.status.value
+    widget.minutes.value = 0  # no time limit: iterations alone
+    assert widget.build_request().config.time_limit_s is None
+    assert "1000 iterations. Press Start" in widget.status.value
+
+
 def test_save_model_never_loses_the_model(make_napari_viewer, tmp_path, monkeypatch):
     """A bad path or a full disk: a clear message, the model kept (in memory or a rescue file)."""
     from pathlib import Path

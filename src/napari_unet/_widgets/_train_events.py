@@ -72,7 +72,8 @@ class TrainRun:
         if event.done:
             self.plot.redraw()  # axes fitted exactly to what ran
             return
-        self.set_progress(event.iteration)
+        # by iterations, or by time when a time limit is further along
+        self.set_progress(round(event.fraction * event.total))
         self.plot.add_point(event.iteration, event.loss, event.val_metric)
         if event.is_best and event.val_metric is not None:
             self._kept_score = (event.val_metric, event.iteration)  # the weights kept so far

@@ -134,7 +134,9 @@ class TrainRequestBuilder:
             what = "a new default U-Net"
         else:
             what = "fine-tuning the chosen model"
-        return f"Ready: {what}, {self.iterations.value} iterations. Press Start."
+        limit = float(self.minutes.value)
+        budget = f" or {limit:g} min, whichever comes first" if limit > 0 else ""
+        return f"Ready: {what}, {self.iterations.value} iterations{budget}. Press Start."
 
     def build_request(self) -> TrainRequest:
         """Settings and data for the worker, gathered on the main thread."""
@@ -145,6 +147,7 @@ class TrainRequestBuilder:
         image, labels = self.image.value, self.annotation.value
         config = TrainingConfig(
             iterations=int(self.iterations.value),
+            time_limit_s=float(self.minutes.value) * 60.0 if self.minutes.value > 0 else None,
             batch_size=int(self.batch_size.value),
             patch_size=int(self.patch_size.value),
             learning_rate=float(self.learning_rate.value),

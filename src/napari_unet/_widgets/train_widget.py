@@ -94,7 +94,7 @@ class TrainWidget(CorrectRow, TrainForm, TrainRequestBuilder, TrainRun, TrainSav
         self.mode.changed.connect(self._on_mode_changed)
         self.start_from.changed.connect(self._on_start_from_changed)
         # every setting the ready line names re-checks (and re-words) it
-        for w in (self.checkpoint, self.device, self.model_size, self.iterations):
+        for w in (self.checkpoint, self.device, self.model_size, self.iterations, self.minutes):
             w.changed.connect(self.revalidate)
         self.show_advanced.changed.connect(self._update_fields)
         self.save.changed.connect(self.save_model)

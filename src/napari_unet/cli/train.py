@@ -63,7 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(
             f"Training {source}: {info['parameters']:,} parameters on {info['device']}, "
             f"annotated slices {info['annotated_slices']}, validation on {info['validation']}, "
-            f"{config.iterations} iterations."
+            f"{config.iterations} iterations"
+            + ("." if config.time_limit_s is None else f" at most, or {config.time_limit_s / 60:g} minutes.")
         )
         try:
             result = _run_training(trainer)
@@ -166,6 +167,7 @@ def _training_config(args: argparse.Namespace, init: Any) -> Any:
         "patch_size": args.patch_size,
         "learning_rate": args.lr,
         "seed": args.seed,
+        "time_limit_s": None if args.minutes is None else args.minutes * 60.0,
     }
     base.update({k: v for k, v in chosen.items() if v is not None})
     if "learning_rate" not in base and init is not None:

@@ -48,6 +48,12 @@ class TrainingConfig:
     """
 
     iterations: int = 500
+    # a budget of wall time ("train for 5 minutes"): the run ends when it is spent (or at
+    # ``iterations``, whichever comes first), and the learning-rate schedule runs on
+    # whichever of the two is further along, so a short budget still ends at a low rate.
+    # None: iterations alone. Time-limited runs are not bit-reproducible (the rate
+    # depends on the clock).
+    time_limit_s: float | None = None
     batch_size: int = 4
     patch_size: int = 128  # output window edge; the input adds the network's context
     learning_rate: float = 1e-3
@@ -85,6 +91,11 @@ class TrainingConfig:
             v = getattr(self, name)
             if not _is_number(v) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if self.time_limit_s is not None and (
+            not _is_number(self.time_limit_s) or not math.isfinite(self.time_limit_s)
+            or self.time_limit_s <= 0
+        ):
+            raise ValueError(f"time_limit_s must be a positive number of seconds or None, got {self.time_limit_s!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0:
@@ -186,10 +197,22 @@ class TrainEvent:
     done: bool = False
     cancelled: bool = False
     notice: str | None = None  # a setting the trainer changed on its own (out of memory)
+    time_limit_s: float | None = None  # the run's time budget, if it has one
 
     @property
     def eta_s(self) -> float:
         if self.iteration <= 0:
             return float("nan")
-        return self.elapsed_s / self.iteration * max(0, self.total - self.iteration)
+        eta = self.elapsed_s / self.iteration * max(0, self.total - self.iteration)
+        if self.time_limit_s is not None:
+            eta = min(eta, max(0.0, self.time_limit_s - self.elapsed_s))
+        return eta
+
+    @property
+    def fraction(self) -> float:
+        """How far the run is, 0-1: by iterations, or by time when that is further."""
+        done = self.iteration / max(1, self.total)
+        if self.time_limit_s:
+            done = max(done, self.elapsed_s / self.time_limit_s)
+        return min(1.0, done)
 

@@ -42,7 +42,7 @@ class TrainingRun:
         opt = self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         if tr._optimizer_state is not None:
             opt.load_state_dict(tr._optimizer_state)
-        amp_dtype = devices.autocast_dtype(dev) if cfg.amp else None
+        amp_dtype = devices.training_dtype(dev, cfg.amp)
         self.scaler = devices.grad_scaler(dev, amp_dtype)
         self.loss_fn = get_loss(cfg.loss)
         torch.manual_seed(cfg.seed + tr.start_iteration)
@@ -54,6 +54,8 @@ class TrainingRun:
         )
         self.best_metric: float | None = None  # the best validation Dice seen
         self.t0 = time.perf_counter()
+        self.last_validation = self.t0
+        self.validation_s = 0.0  # how long the last validation took
         self.throughput = Throughput(self.t0)
         self.last: TrainEvent | None = None
 
@@ -67,6 +69,24 @@ class TrainingRun:
         tr.kept = KeptWeights(cpu_state(self.model.state_dict()), cpu_state(self.opt.state_dict()), iteration, val)
         return True
 
+    def time_fraction(self) -> float:
+        """Share of the time budget spent (0 without one)."""
+        limit = self.trainer.config.time_limit_s
+        return (time.perf_counter() - self.t0) / limit if limit else 0.0
+
+    def out_of_time(self) -> bool:
+        return self.time_fraction() >= 1.0
+
+    def _validation_due(self, it: int, now: float) -> bool:
+        """Every ``val_every`` iterations and at the last one; with a time budget also
+        every twentieth of it (a long iteration cap still validates about 20 times),
+        but never more than 5 % of the time (a 1-minute run on a CPU spent 15 %)."""
+        tr, limit = self.trainer, self.trainer.config.time_limit_s
+        if (it + 1) % tr.val_every == 0 or it + 1 == tr.config.iterations:
+            return True
+        gap = max(limit / 20, 20 * self.validation_s) if limit else math.inf
+        return now - self.last_validation >= gap
+
     def iteration(self, it: int) -> TrainEvent:
         """Train on one batch at (0-based) iteration ``it``, validating when due."""
         tr = self.trainer
@@ -74,7 +94,7 @@ class TrainingRun:
         x, t, w = (b.to(tr.device, non_blocking=True) for b in self.feed.get())
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        lr = cfg.learning_rate * tr._lr_factor(it)
+        lr = cfg.learning_rate * tr._lr_factor(it, self.time_fraction())
         for group in self.opt.param_groups:
             group["lr"] = lr
         loss_value, notice = tr._step(self.model, (x, t, w), self.opt, self.scaler, self.loss_fn)
@@ -86,15 +106,17 @@ class TrainingRun:
         rate = self.throughput.add(now, cfg.batch_size)
         val = None
         is_best = False
-        if (it + 1) % tr.val_every == 0 or it + 1 == cfg.iterations:
+        if self._validation_due(it, now):
             val = tr._validate()
             is_best = self.consider(val, it + 1)
+            self.last_validation = time.perf_counter()
+            self.validation_s = self.last_validation - now
         if notice is not None:
             tr.notices.append(notice)
         self.last = TrainEvent(
             notice=notice, iteration=it + 1, total=cfg.iterations, loss=loss_value, lr=lr,
             patches_per_s=rate, elapsed_s=now - self.t0, val_metric=val,
-            best_metric=self.best_metric, is_best=is_best,
+            best_metric=self.best_metric, is_best=is_best, time_limit_s=cfg.time_limit_s,
         )
         tr.history.append(self.last)
         return self.last
@@ -105,8 +127,9 @@ class TrainingRun:
         last = self.last
         cancelled = tr._cancel.is_set()
         done_it = last.iteration if last is not None else tr.start_iteration
-        if cancelled and last is not None and last.val_metric is None:
-            # validate the current weights once more so nothing better is lost
+        if (cancelled or self.out_of_time()) and last is not None and last.val_metric is None:
+            # stopped between validations (cancel, time budget spent): validate the
+            # current weights once more so nothing better is lost
             self.consider(tr._validate(), last.iteration)
         if tr.kept is None:  # cancelled before the first iteration
             tr.kept = KeptWeights(cpu_state(self.model.state_dict()), None, tr.start_iteration, None)
@@ -123,6 +146,7 @@ class TrainingRun:
             best_metric=self.best_metric,
             done=True,
             cancelled=cancelled,
+            time_limit_s=tr.config.time_limit_s,
         )
         tr.history.append(final)
         return final

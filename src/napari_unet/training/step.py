@@ -24,15 +24,19 @@ __all__ = ["BatchFeed", "lr_factor", "optimiser_step"]
 Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
-def lr_factor(it: int, iterations: int, warmup: int, schedule: str) -> float:
+def lr_factor(it: int, iterations: int, warmup: int, schedule: str, time_fraction: float = 0.0) -> float:
     """The learning rate at (0-based) iteration ``it`` as a fraction of the configured one:
-    a linear warm-up (at most a tenth of the run), then constant or a cosine decay to 1 %."""
+    a linear warm-up (at most a tenth of the run), then constant or a cosine decay to 1 %.
+
+    ``time_fraction``: the share of a time budget already spent; the decay follows
+    it when it is further along than the iterations.
+    """
     warm = min(warmup, max(1, iterations // 10))
     if it < warm:
         return (it + 1) / warm
     if schedule == "constant":
         return 1.0
-    progress = (it - warm) / max(1, iterations - warm)
+    progress = max((it - warm) / max(1, iterations - warm), time_fraction)
     return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 

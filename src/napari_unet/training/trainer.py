@@ -141,9 +141,9 @@ class Trainer(RunResults):
             zs=[s.z for s in train],
         )
 
-    def _lr_factor(self, it: int) -> float:
+    def _lr_factor(self, it: int, time_fraction: float = 0.0) -> float:
         cfg = self.config
-        return lr_factor(it, cfg.iterations, cfg.warmup, cfg.schedule)
+        return lr_factor(it, cfg.iterations, cfg.warmup, cfg.schedule, time_fraction)
 
     def _keep(self, val: float, best: float | None) -> bool:
         """Whether weights validated at ``val`` replace the kept ones (see :func:`replaces_kept`)."""
@@ -177,7 +177,7 @@ class Trainer(RunResults):
         run = TrainingRun(self)
         try:
             for it in range(self.start_iteration, self.config.iterations):
-                if self._cancel.is_set():
+                if self._cancel.is_set() or run.out_of_time():
                     break
                 yield run.iteration(it)
             yield run.finish()
