@@ -137,14 +137,19 @@ def snapshot(trainer: Any) -> Any:
 
 
 def predict_foreground(trained: Any, image: np.ndarray, tta: bool, instances: str) -> np.ndarray:
-    """Foreground mask, or instance labels when ``instances`` names a method."""
+    """Foreground mask, or instance labels when ``instances`` names a method.
+
+    Every slice alone (``z_smoothing=0``): the scored slices are not always
+    neighbours (the dev split), and these figures measure the network;
+    ``eval_z_context.py`` measures the 3D smoothing on whole volumes.
+    """
     import napari_unet
 
     if instances == "components":
-        pred = napari_unet.predict(trained, image, probabilities=False, tta=tta)
+        pred = napari_unet.predict(trained, image, probabilities=False, tta=tta, z_smoothing=0)
         return np.asarray(pred.semantic) == 1
     pred = napari_unet.predict(trained, image, probabilities=False, tta=tta, instances=True,
-                               instance_method=instances)
+                               instance_method=instances, z_smoothing=0)
     return np.asarray(pred.instances)
 
 

@@ -167,6 +167,45 @@ def monai_speed(results: Path, out: Path) -> Path | None:
     return _save(fig, ax, out)
 
 
+def time_to_accuracy(results: Path, out: Path) -> Path | None:
+    """Accuracy against minutes of 2-core CPU training (eval_time_to_accuracy.py runs).
+
+    One panel per dataset and split; one line per run label.
+    """
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in (_load(p) for p in sorted(results.glob("tta_*.json"))) if r]
+    if not runs:
+        return None
+    panels = sorted({(r["dataset"], r["split"]) for r in runs})
+    cols = 2
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(10, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (dataset, split) in zip(axes.flat, panels):
+        key = "iou" if dataset == "lucchi" else "fill_are"
+        for run in (r for r in runs if (r["dataset"], r["split"]) == (dataset, split)):
+            rows = sorted(run["results"], key=lambda r: r["mark_s"])
+            ax.plot([r["mark_s"] / 60 for r in rows], [r[key] for r in rows], "o-", label=run["label"])
+        where = "unpainted slices 0-19" if split == "dev" else ("slices 20-39" if dataset == "lucchi"
+                                                                 else "slices 20-29")
+        ax.set_xlabel("minutes of training (2-core CPU)")
+        ax.set_ylabel(("foreground IoU" if key == "iou" else "adapted Rand error (fill), lower is better")
+                      + f"\n{where}", fontsize=8)
+        k = runs[0]["k"] if dataset == runs[0]["dataset"] else next(
+            r["k"] for r in runs if r["dataset"] == dataset)
+        name = "Lucchi, from the shipped model" if dataset == "lucchi" else "ISBI 2012, from scratch"
+        ax.set_title(f"{name}, {k} painted slices ({'development' if split == 'dev' else 'evaluation'})",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
@@ -181,6 +220,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         lucchi_k5_curve(args.results, args.out / "lucchi_k5_curve.png"),
         isbi_vs_k(args.results, args.out / "isbi_are_vs_slices.png"),
         monai_speed(args.results, args.out / "monai_speed_cpu.png"),
+        time_to_accuracy(args.results, args.out / "time_to_accuracy.png"),
     ) if p is not None]
     for p in written:
         print(f"wrote {p}")

@@ -318,3 +318,16 @@ def test_eval_suggest_correction_pixels() -> None:
     merged[:, 2:4] = True  # the membrane painted as cell: one object covering both cells
     assert mod.correction_pixels(gt, merged, instances=True) == 12 + 12  # membrane + the unmatched cell
     assert mod.correction_pixels(gt, merged, instances=False) == 12
+
+
+def test_time_to_accuracy_quick(tmp_path: Path) -> None:
+    mod = _load("eval_time_to_accuracy")
+    out, saved = tmp_path / "t.json", tmp_path / "m.pt"
+    report = mod.main(["--quick", "--set", "amp=false", "--label", "x", "--out", str(out),
+                       "--save", str(saved)])
+    rows = json.loads(out.read_text())["results"]
+    assert [r["mark_s"] for r in rows] == [0.5, 2.0] and {r["label"] for r in rows} == {"x"}
+    assert all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    assert report["config"]["amp"] is False and saved.is_file()
+    assert rows[-1]["iteration"] <= report["iterations"]
+    assert mod.parse_value("5") == 5 and mod.parse_value("none") is None and mod.parse_value("x") == "x"
