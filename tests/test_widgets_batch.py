@@ -62,6 +62,9 @@ def test_batch_done_failed_then_skipped_and_open(make_napari_viewer, qtbot, tmp_
     setup(widget, src, out, checkpoint)
     widget.instances.value = True
     assert "3 files" in widget.status.value and widget.start.enabled
+    assert widget.build_request().options.z_smoothing == "auto"  # the panel's default
+    widget.z_smoothing.value = 1.0
+    assert widget.build_request().options.z_smoothing == 1.0
     run(qtbot, widget)
 
     assert statuses(widget) == ["done", "done", "failed"], statuses(widget)

@@ -243,6 +243,21 @@ def test_instance_method_choice_reaches_the_job(make_napari_viewer):
     assert widget.build_request().settings.instance_method == "components"
 
 
+def test_3d_smoothing_choice_reaches_the_job_for_whole_stacks(make_napari_viewer):
+    viewer = make_napari_viewer()
+    add_stack(viewer)
+    widget = open_segment(viewer)
+    assert widget.z_smoothing.value == "auto" and not widget.z_smoothing.native.isHidden()
+    assert widget.build_request().settings.z_smoothing == "auto"
+    widget.z_smoothing.value = 0.0
+    assert widget.build_request().settings.z_smoothing == 0.0
+    widget.scope.value = "slice"  # one slice has no neighbours to average
+    assert widget.z_smoothing.native.isHidden()
+    viewer.layers.clear()
+    add_stack(viewer, shape=(96, 96))
+    assert widget.z_smoothing.native.isHidden()
+
+
 def test_closing_the_panel_stops_its_job(make_napari_viewer, qtbot, tiny_model, monkeypatch):
     """napari's close button unparents the panel and deletes its dock; the job must end too."""
     import napari_unet._widgets._segment_job as segment_job_module

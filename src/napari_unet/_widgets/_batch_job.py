@@ -88,6 +88,7 @@ class BatchJobMixin:
     instances: CheckBox
     probabilities: CheckBox
     overwrite: CheckBox
+    z_smoothing: ComboBox
     file_progress: ProgressBar
     results: dict[int, FileResult]
     _inputs: list[Path]
@@ -110,6 +111,7 @@ class BatchJobMixin:
             overwrite=bool(self.overwrite.value),
             min_size=int(self.min_size.value) if instances else 0,
             instance_method=self.instance_method.value,
+            z_smoothing=self.z_smoothing.value,
         )
         return BatchRequest(model, files, Path(self.output_folder.value), options)
 

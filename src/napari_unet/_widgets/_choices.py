@@ -116,3 +116,25 @@ def min_size_spin() -> SpinBox:
         visible=False,
         tooltip="Objects smaller than this (pixels per slice) are removed from the instances.",
     )
+
+
+#: (text, value) pairs of the "3D smoothing" combo box: the engine's ``z_smoothing``.
+Z_SMOOTHING_CHOICES = [
+    ("auto (on for near-isotropic stacks)", "auto"),
+    ("off (each slice alone)", 0.0),
+    ("1 slice", 1.0),
+    ("2 slices", 2.0),
+    ("3 slices", 3.0),
+]
+
+
+def z_smoothing_combo() -> ComboBox:
+    """3D context for whole stacks: each slice's probabilities averaged with its neighbours'."""
+    return ComboBox(
+        label="3D smoothing",
+        choices=Z_SMOOTHING_CHOICES,
+        value="auto",
+        tooltip="Average each slice's probabilities with its neighbours' (a Gaussian of this many "
+        "slices). auto: 2 slices when neighbouring slices look alike (FIB-SEM, near-isotropic "
+        "voxels), off for serial sections. No extra network time.",
+    )

@@ -33,6 +33,7 @@ class SegmentJobMixin:
     probabilities: CheckBox
     uncertainty: CheckBox
     overwrite: CheckBox
+    z_smoothing: ComboBox
     viewer: Any
     _source_name: str | None
     _where: LayerArray | None
@@ -61,6 +62,7 @@ class SegmentJobMixin:
             # with TTA on, how its 8 variants disagree; otherwise the softmax entropy
             uncertainty_method="tta" if self.tta.value and self.uncertainty.value else "entropy",
             instance_method=self.instance_method.value if instances else "components",
+            z_smoothing=self.z_smoothing.value,
         )
         return SegmentRequest(model, level0(self.image.value), self._slices(), settings)
 

@@ -36,6 +36,7 @@ from ._choices import (
     min_size_spin,
     tile_size_spin,
     tta_check,
+    z_smoothing_combo,
 )
 from ._common import JobWidget, device_problem
 from ._job_model_source import ModelSourceMixin
@@ -68,6 +69,7 @@ class BatchWidget(BatchJobMixin, BatchTableMixin, BatchInputsMixin, ModelSourceM
         self.device = device_combo()
         self.tile_size = tile_size_spin(auto=True)
         self.batch_size = batch_size_spin()
+        self.z_smoothing = z_smoothing_combo()
         self.tta = tta_check()
         self.instances = CheckBox(text="write instances (one id per object)", value=False, label="")
         self.instance_method = instance_method_combo()
@@ -99,6 +101,7 @@ class BatchWidget(BatchJobMixin, BatchTableMixin, BatchInputsMixin, ModelSourceM
                 self.tile_size,
                 self.batch_size,
                 self.tta,
+                self.z_smoothing,
                 self.instances,
                 self.instance_method,
                 self.min_size,

@@ -35,6 +35,7 @@ from ._choices import (
     tile_size_spin,
     tta_check,
     uncertainty_check,
+    z_smoothing_combo,
 )
 from ._common import JobWidget, device_problem, kept_score, layer_choices
 from ._job_model_source import ModelSourceMixin
@@ -92,6 +93,7 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
             value="stack",
             tooltip="'current slice' checks the model quickly on the slice you look at.",
         )
+        self.z_smoothing = z_smoothing_combo()
         self.device = device_combo()
         self.tile_size = tile_size_spin(auto=False, value=_FALLBACK_TILE)
         self.batch_size = batch_size_spin()
@@ -121,6 +123,7 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
                 self.checkpoint,
                 self.model_info,
                 self.scope,
+                self.z_smoothing,
                 self.device,
                 self.tile_size,
                 self.batch_size,
@@ -143,6 +146,7 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
         self.checkpoint.changed.connect(self._on_model_changed)
         self.device.changed.connect(self._on_model_changed)
         self.output.changed.connect(self._update_fields)
+        self.scope.changed.connect(self._update_fields)
         self._on_image_changed()
         self._update_fields()
         self._on_model_changed()
@@ -163,7 +167,10 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
         self.min_size.visible = self.output.value == "instances"
         self.instance_method.visible = self.output.value == "instances"
         image = self.image.value
-        self.scope.enabled = image is not None and level0(image).ndim == 3 and not self.running
+        stack = image is not None and level0(image).ndim == 3
+        self.scope.enabled = stack and not self.running
+        # neighbours exist only when a whole stack is segmented
+        self.z_smoothing.visible = stack and self.scope.value == "stack"
 
     def after_job(self) -> None:
         self._update_fields()
