@@ -190,3 +190,26 @@ def test_live_plot_draws_off_the_event_loop(qtbot):
     qtbot.waitUntil(lambda: plot._pending is None, timeout=10_000)
     assert list(plot._figure.loss_line.get_xdata())[-1] == 300
     assert 300 <= plot._ax.get_xlim()[1] <= 315
+
+
+def test_panels_load_a_checkpoint_once_between_them(make_napari_viewer, qtbot, monkeypatch):
+    """Opening Train, Segment and Batch used to load and check the shipped model three
+    times on the main thread; the panels now share what was loaded."""
+    from napari_unet._widgets import _common
+    from napari_unet.model import checkpoint
+    from napari_unet.model.pretrained import default_checkpoint
+
+    if default_checkpoint() is None:
+        pytest.skip("no shipped model")
+    calls = []
+    real = checkpoint.load_checkpoint
+    monkeypatch.setattr(checkpoint, "load_checkpoint", lambda p: calls.append(p) or real(p))
+    monkeypatch.setattr(_common, "_LOADED", type(_common._LOADED)())  # a fresh session
+    viewer = make_napari_viewer()
+    viewer.add_image(synthetic_em_stack((2, 64, 64), seed=0).image, name="em")
+    widgets = open_all(viewer, qtbot)
+    for name in ("Train", "Segment", "Batch"):
+        widgets[name].revalidate()
+    assert len(calls) == 1, calls
+    seg = widgets["Segment"].selected_model()
+    assert not isinstance(seg, str) and seg is widgets["Train"]._checkpoints.load(default_checkpoint())

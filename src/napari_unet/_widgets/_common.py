@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -148,41 +149,55 @@ def empty_path(value: Any) -> bool:
     return value is None or str(value) in ("", ".")
 
 
+#: Checkpoints loaded in this session, shared by all panels: (path, mtime, size) -> the
+#: model or why it cannot be used. Opening Train, Segment and Batch loaded and checked
+#: the shipped model three times on the main thread (about 1 s each on a 2-core CPU);
+#: now once. Safe to share: panels and jobs only read a model (training copies its
+#: weights into a new network; GPU jobs predict with their own copy).
+_LOADED: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
+_LOADED_MAX = 4
+
+
+def _load_shared(path: Path, key: tuple[str, int, int]) -> TrainedModel | str:
+    from ..model.checkpoint import load_checkpoint
+
+    if key in _LOADED:
+        _LOADED.move_to_end(key)
+        return _LOADED[key]
+    try:
+        loaded: TrainedModel | str = load_checkpoint(path)
+    except Exception as exc:  # CheckpointError, but also e.g. MemoryError: never a silent pop-up
+        loaded = f"Cannot use this checkpoint: {str(exc).strip() or type(exc).__name__}"
+    _LOADED[key] = loaded
+    while len(_LOADED) > _LOADED_MAX:
+        _LOADED.popitem(last=False)
+    return loaded
+
+
 class CheckpointCache:
     """Load a checkpoint once per file version; a string says why it cannot be used.
 
     Validation runs on every change of the inputs; reading the file again each
-    time would be slow for big models, so the last result is kept until the
-    file's path, size or modification time changes.
+    time would be slow for big models, so a result is kept (for all panels)
+    until the file's path, size or modification time changes.
     """
 
     def __init__(self, use: str) -> None:
         self._use = use  # "trains" / "segments", for the message
-        self._key: Any = None
-        self._value: Any = None
 
     def load(self, path: Path) -> TrainedModel | str:
-        from ..model.checkpoint import load_checkpoint
-
         if not path.is_file():
             return f"Checkpoint file '{path}' does not exist."
         try:
             stat = path.stat()
         except OSError as exc:  # removed or unreadable since is_file()
             return f"Cannot use this checkpoint: {exc.strerror or type(exc).__name__}"
-        key = (str(path), stat.st_mtime_ns, stat.st_size)
-        if key == self._key:
-            return self._value
-        try:
-            loaded: TrainedModel | str = load_checkpoint(path)
-        except Exception as exc:  # CheckpointError, but also e.g. MemoryError: never a silent pop-up
-            loaded = f"Cannot use this checkpoint: {str(exc).strip() or type(exc).__name__}"
+        loaded = _load_shared(path, (str(path), stat.st_mtime_ns, stat.st_size))
         if not isinstance(loaded, str) and loaded.config.in_channels != 1:
-            loaded = (
+            return (
                 f"Checkpoint '{path.name}' expects {loaded.config.in_channels} input channels; "
                 f"napari-unet {self._use} single-channel (grey) images."
             )
-        self._key, self._value = key, loaded
         return loaded
 
 

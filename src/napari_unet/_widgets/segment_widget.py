@@ -69,6 +69,16 @@ def describe_model(model: TrainedModel) -> str:
     return "; ".join(parts)
 
 
+def _overwrite_check() -> CheckBox:
+    return CheckBox(
+        text="overwrite previous result",
+        value=False,
+        label="",
+        tooltip="Replace '<image> segmentation' from an earlier run (only layers "
+        "napari-unet made). Unchecked, each run adds a new layer.",
+    )
+
+
 class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
     """Segment an image layer with a trained U-Net into Labels layers."""
 
@@ -109,13 +119,7 @@ class SegmentWidget(SegmentJobMixin, ModelSourceMixin, JobWidget):
         self.min_size = min_size_spin()
         self.probabilities = CheckBox(text="add a probability layer", value=False, label="")
         self.uncertainty = uncertainty_check()
-        self.overwrite = CheckBox(
-            text="overwrite previous result",
-            value=False,
-            label="",
-            tooltip="Replace '<image> segmentation' from an earlier run (only layers "
-            "napari-unet made). Unchecked, each run adds a new layer.",
-        )
+        self.overwrite = _overwrite_check()
         self.extend(
             [
                 self.image,
