@@ -151,9 +151,9 @@ def empty_path(value: Any) -> bool:
 
 #: Checkpoints loaded in this session, shared by all panels: (path, mtime, size) -> the
 #: model or why it cannot be used. Opening Train, Segment and Batch loaded and checked
-#: the shipped model three times on the main thread (about 1 s each on a 2-core CPU);
-#: now once. Safe to share: panels and jobs only read a model (training copies its
-#: weights into a new network; GPU jobs predict with their own copy).
+#: the shipped model three times on the main thread (45 ms each once torch is
+#: imported); now once. Safe to share: panels and jobs only read a model (training
+#: copies its weights into a new network; GPU jobs predict with their own copy).
 _LOADED: OrderedDict[tuple[str, int, int], Any] = OrderedDict()
 _LOADED_MAX = 4
 
