@@ -106,3 +106,20 @@ def test_serial_sections_are_left_alone_under_auto() -> None:
 def test_the_sample_data_counts_as_near_isotropic() -> None:
     """The synthetic stacks used across the tests do get the 3D smoothing by default."""
     assert z_similarity(synthetic_em_stack((8, 96, 96), seed=1).image)["ratio"] > 0.7
+
+
+def test_similarity_reads_only_a_window_of_each_slice() -> None:
+    """A volume with huge slices is measured from a centred window, not whole slices."""
+    stack = _isotropic(depth=6, size=64)
+    reads: list[tuple] = []
+
+    class Lazy:
+        shape, ndim, dtype = stack.shape, 3, stack.dtype
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return stack[key]
+
+    whole = z_similarity(stack, crop=32)
+    assert z_similarity(Lazy(), crop=32) == whole
+    assert all(isinstance(k, tuple) and k[1] == slice(16, 48) and k[2] == slice(16, 48) for k in reads)

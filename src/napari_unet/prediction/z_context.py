@@ -28,19 +28,21 @@ def z_similarity(stack: Any, *, max_pairs: int = 16, crop: int = 512) -> dict[st
 
     ``ratio`` (adjacent / in-plane) is near 1 for isotropic voxels and well
     below for thin-sectioned stacks. Up to ``max_pairs`` evenly spaced slice
-    pairs, each a centred ``crop`` x ``crop`` window, keep it cheap.
+    pairs, each a centred ``crop`` x ``crop`` window, keep it cheap, also on
+    volumes with huge slices.
     """
     depth = int(stack.shape[0])
     if depth < 2:
         return {"adjacent": float("nan"), "in_plane": float("nan"), "ratio": float("nan")}
     h, w = int(stack.shape[1]), int(stack.shape[2])
     y0, x0 = max(0, (h - crop) // 2), max(0, (w - crop) // 2)
-    win = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+    ys, xs = slice(y0, y0 + crop), slice(x0, x0 + crop)
     starts = np.unique(np.linspace(0, depth - 2, min(max_pairs, depth - 1)).round().astype(int))
     adjacent, in_plane = [], []
     for z in starts:
-        a = np.asarray(stack[int(z)], np.float32)[win]
-        b = np.asarray(stack[int(z) + 1], np.float32)[win]
+        # the window only: a zarr volume then reads just the chunks under it
+        a = np.asarray(stack[int(z), ys, xs], np.float32)
+        b = np.asarray(stack[int(z) + 1, ys, xs], np.float32)
         adjacent.append(_corr(a, b))
         in_plane.append(0.5 * (_corr(a[1:], a[:-1]) + _corr(a[:, 1:], a[:, :-1])))
     adj, inp = float(np.nanmean(adjacent)), float(np.nanmean(in_plane))
