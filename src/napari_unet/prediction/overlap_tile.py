@@ -99,6 +99,31 @@ class _BlendStitcher:
         return self.acc[:, :Y, :X] / self.weight_sum[:Y, :X]
 
 
+def run_tiles(
+    predictor: Any, padded: np.ndarray, origins: list[tuple[int, int]], size: tuple[int, int],
+    offset: tuple[int, int] = (0, 0),
+) -> Iterator[tuple[int, list[tuple[int, int]], np.ndarray]]:
+    """Run the input tiles at ``origins`` (padded coordinates, minus ``offset`` into
+    ``padded``) batch by batch; yields ``(first, chunk, probabilities)`` per batch.
+
+    The one loop that feeds tiles to the network: whole slices
+    (:func:`_stitch_slice`) and xy windows of a volume (``volume_xy``) use it, so
+    both run the same tiles in the same batches and stay bit-identical.
+    """
+    runner = predictor.runner
+    ih, iw = size
+    oy, ox = offset
+    batch = np.empty((runner.batch_size, 1, ih, iw), dtype=np.float32)
+    with torch.inference_mode():
+        for first in range(0, len(origins), runner.batch_size):
+            if predictor.should_stop is not None and predictor.should_stop():
+                raise Cancelled("prediction cancelled")
+            chunk = origins[first : first + runner.batch_size]
+            for i, (y, x) in enumerate(chunk):
+                batch[i, 0] = padded[y - oy : y - oy + ih, x - ox : x - ox + iw]
+            yield first, chunk, runner.run_fitting(batch[: len(chunk)])
+
+
 def _stitch_slice(
     predictor: TilePredictor, image: np.ndarray, done: int, total: int, share: int
 ) -> np.ndarray:
@@ -120,23 +145,14 @@ def _stitch_slice(
         stitcher: _ExactStitcher | _BlendStitcher = _ExactStitcher(C, (Y, X), py, px)
     else:
         stitcher = _BlendStitcher(C, (Y, X), py, px, predictor.blend)
-    runner = predictor.runner
-    batch = np.empty((runner.batch_size, 1, ih, iw), dtype=np.float32)
-    with torch.inference_mode():
-        for first in range(0, len(origins), runner.batch_size):
-            if predictor.should_stop is not None and predictor.should_stop():
-                raise Cancelled("prediction cancelled")
-            chunk = origins[first : first + runner.batch_size]
-            for i, (y, x) in enumerate(chunk):
-                batch[i, 0] = padded[y : y + ih, x : x + iw]
-            probs = runner.run_fitting(batch[: len(chunk)])
-            for p, (y, x) in zip(probs, chunk):
-                stitcher.add(p, y, x)
-            if predictor.progress is not None:
-                # this slice's tiles count as its planned ``share`` of the total, also
-                # after an out-of-memory retry cut it into more, smaller tiles
-                finished = first + len(chunk)
-                predictor.progress(done + finished * share // len(origins), total)
+    for first, chunk, probs in run_tiles(predictor, padded, origins, (ih, iw)):
+        for p, (y, x) in zip(probs, chunk):
+            stitcher.add(p, y, x)
+        if predictor.progress is not None:
+            # this slice's tiles count as its planned ``share`` of the total, also
+            # after an out-of-memory retry cut it into more, smaller tiles
+            finished = first + len(chunk)
+            predictor.progress(done + finished * share // len(origins), total)
     return stitcher.result()
 
 

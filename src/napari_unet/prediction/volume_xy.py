@@ -25,11 +25,10 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from .._validation import check_finite
-from ..errors import Cancelled
 from ..model.normalization import Normalization
+from .overlap_tile import run_tiles
 from .tile_plan import AxisPlan, plan_axis
 
 Window = tuple[int, int, int, int]  # y0, y1, x0, x1 (output pixels, end exclusive)
@@ -95,23 +94,15 @@ class WindowPredictor:
         m, ty, tx = p.margin, self.py.tile, self.px.tile
         ih, iw = ty + 2 * m, tx + 2 * m
         y0, y1, x0, x1 = self.window
-        runner = p.runner
-        out = np.empty((p.n_classes + runner.extra_channels, y1 - y0, x1 - x0), np.float32)
+        out = np.empty((p.n_classes + p.runner.extra_channels, y1 - y0, x1 - x0), np.float32)
         origins = [(y, x) for y in self.ys for x in self.xs]
-        batch = np.empty((runner.batch_size, 1, ih, iw), dtype=np.float32)
-        oy, ox = self.ys[0], self.xs[0]
-        with torch.inference_mode():
-            for first in range(0, len(origins), runner.batch_size):
-                if p.should_stop is not None and p.should_stop():
-                    raise Cancelled("prediction cancelled")
-                chunk = origins[first: first + runner.batch_size]
-                for i, (y, x) in enumerate(chunk):
-                    batch[i, 0] = padded[y - oy: y - oy + ih, x - ox: x - ox + iw]
-                for probs, (y, x) in zip(runner.run_fitting(batch[: len(chunk)]), chunk):
-                    # last tile wins, as in the whole-slice stitcher; cropped to the window
-                    a, b = max(y, y0), min(y + ty, y1)
-                    c, d = max(x, x0), min(x + tx, x1)
-                    out[:, a - y0: b - y0, c - x0: d - x0] = probs[:, a - y: b - y, c - x: d - x]
+        offset = (self.ys[0], self.xs[0])
+        for _, chunk, batch in run_tiles(p, padded, origins, (ih, iw), offset):
+            for probs, (y, x) in zip(batch, chunk):
+                # last tile wins, as in the whole-slice stitcher; cropped to the window
+                a, b = max(y, y0), min(y + ty, y1)
+                c, d = max(x, x0), min(x + tx, x1)
+                out[:, a - y0: b - y0, c - x0: d - x0] = probs[:, a - y: b - y, c - x: d - x]
         return out
 
 
