@@ -101,7 +101,7 @@ def test_cancelled_run_resumes_and_redoes_a_block_whose_record_is_gone(tmp_path,
     done = []
     original = volume_mod.predict_block
     monkeypatch.setattr(volume_mod, "predict_block",
-                        lambda e, j, z0, z1, s=None: done.append(z0) or original(e, j, z0, z1, s))
+                        lambda e, j, z0, z1, s=None, **kw: done.append(z0) or original(e, j, z0, z1, s, **kw))
     result = segment_volume(data["model"], source, out, settings=OPTIONS, block_z=4)
     assert result.status == "done" and done == [0, 4, 8]
     for kind in KINDS:

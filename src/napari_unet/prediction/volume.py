@@ -197,8 +197,6 @@ def _block_task(model_path: str, sha256: str, job: VolumeJob, z0: int, z1: int,
 
     trained = _worker_model(model_path, sha256)
     with PredictionEngine(trained, job.options.prediction()) as engine:
-        if window is None:
-            return predict_block(engine, job, z0, z1)
         return predict_block(engine, job, z0, z1, window=window)
 
 
@@ -298,10 +296,7 @@ def _run_blocks(trained: Any, identity: dict[str, Any], job: VolumeJob, todo: li
 
         with PredictionEngine(trained, job.options.prediction()) as engine:
             for z0, z1, window in todo:
-                if window is None:
-                    predict_block(engine, job, z0, z1, should_stop)
-                else:
-                    predict_block(engine, job, z0, z1, should_stop, window=window)
+                predict_block(engine, job, z0, z1, should_stop, window=window)
         return
     if identity.get("path") is None:
         raise ValueError("a cluster needs the model as a checkpoint file the workers can read; "
