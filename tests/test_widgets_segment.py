@@ -251,8 +251,10 @@ def test_3d_smoothing_choice_reaches_the_job_for_whole_stacks(make_napari_viewer
     assert widget.build_request().settings.z_smoothing == "auto"
     widget.z_smoothing.value = 0.0
     assert widget.build_request().settings.z_smoothing == 0.0
+    widget.z_smoothing.value = 2.0
     widget.scope.value = "slice"  # one slice has no neighbours to average
     assert widget.z_smoothing.native.isHidden()
+    assert widget.build_request().settings.z_smoothing == 0.0  # hidden, so not applied
     viewer.layers.clear()
     add_stack(viewer, shape=(96, 96))
     assert widget.z_smoothing.native.isHidden()

@@ -50,6 +50,7 @@ class SegmentJobMixin:
         model = self.selected_model()
         assert not isinstance(model, str)  # validated before Start
         instances = self.output.value == "instances"
+        slices = self._slices()
         settings = PredictionSettings(
             tile_size=int(self.tile_size.value),
             batch_size=int(self.batch_size.value),
@@ -62,9 +63,11 @@ class SegmentJobMixin:
             # with TTA on, how its 8 variants disagree; otherwise the softmax entropy
             uncertainty_method="tta" if self.tta.value and self.uncertainty.value else "entropy",
             instance_method=self.instance_method.value if instances else "components",
-            z_smoothing=self.z_smoothing.value,
+            # hidden for one slice, so not applied there either (it would predict the
+            # neighbours too, for a check meant to take a second)
+            z_smoothing=self.z_smoothing.value if slices is None else 0.0,
         )
-        return SegmentRequest(model, level0(self.image.value), self._slices(), settings)
+        return SegmentRequest(model, level0(self.image.value), slices, settings)
 
     def start_job(self) -> None:
         request = self.build_request()
