@@ -123,3 +123,10 @@ def test_similarity_reads_only_a_window_of_each_slice() -> None:
     whole = z_similarity(stack, crop=32)
     assert z_similarity(Lazy(), crop=32) == whole
     assert all(isinstance(k, tuple) and k[1] == slice(16, 48) and k[2] == slice(16, 48) for k in reads)
+
+
+def test_cli_flag_says_what_it_expects(capsys) -> None:
+    from napari_unet import cli
+
+    assert cli.main(["segment", "-m", "m.pt", "-o", "out", "x.tif", "--z-smoothing", "abc"]) == 2
+    assert "'auto' or a number of slices" in capsys.readouterr().err

@@ -100,7 +100,11 @@ def _z_smoothing(text: str) -> float | str:
     from ..prediction.z_context import check_z_smoothing
 
     try:
-        return check_z_smoothing(text if text.strip().lower() == "auto" else float(text))
+        value: Any = text if text.strip().lower() == "auto" else float(text)
+    except ValueError:
+        value = text  # check_z_smoothing says what is expected
+    try:
+        return check_z_smoothing(value)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
