@@ -43,39 +43,24 @@ def publish_prediction(
             overwrite=overwrite,
         )
     ]
-    prob = pred.foreground_probability
-    if prob is not None:
-        layers.append(
-            put_result_layer(
-                viewer,
-                f"{base} probability",
-                prob.astype("float32", copy=False),
-                kind="image",
-                where=where,
-                role="probability",
-                overwrite=overwrite,
-                colormap="magma",
-                contrast_limits=(0.0, 1.0),
-                blending="additive",
-                opacity=0.6,
+    maps = {"probability": (pred.foreground_probability, 0.6), "uncertainty": (pred.uncertainty, 0.7)}
+    for role, (values, opacity) in maps.items():
+        if values is not None:  # 0..1 maps, shown over the image
+            layers.append(
+                put_result_layer(
+                    viewer,
+                    f"{base} {role}",
+                    values.astype("float32", copy=False),
+                    kind="image",
+                    where=where,
+                    role=role,
+                    overwrite=overwrite,
+                    colormap="magma",
+                    contrast_limits=(0.0, 1.0),
+                    blending="additive",
+                    opacity=opacity,
+                )
             )
-        )
-    if pred.uncertainty is not None:
-        layers.append(
-            put_result_layer(
-                viewer,
-                f"{base} uncertainty",
-                pred.uncertainty.astype("float32", copy=False),
-                kind="image",
-                where=where,
-                role="uncertainty",
-                overwrite=overwrite,
-                colormap="magma",
-                contrast_limits=(0.0, 1.0),
-                blending="additive",
-                opacity=0.7,
-            )
-        )
     return layers
 
 
