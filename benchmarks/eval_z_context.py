@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_fewslice as fs  # noqa: E402
@@ -42,19 +41,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = ap.parse_args(argv)
 
     import napari_unet
-    from napari_unet.prediction.z_context import z_similarity
+    from napari_unet.prediction.z_context import smooth_stack, z_similarity
 
     image, fg = fs.load_dataset(args.dataset, args.data)
     zs = fs.choose_slices(args.k, fs.N_TRAIN)
     scored = fs.scored_slices(args.split, zs, fs.N_TRAIN, image.shape[0])
     similarity = z_similarity(image)
     print(json.dumps({"dataset": args.dataset, **similarity}), flush=True)
-    pred = napari_unet.predict(args.model, image, probabilities=True)
+    pred = napari_unet.predict(args.model, image, probabilities=True, z_smoothing=0)  # raw: smoothed below
     p = np.asarray(pred.probabilities)[:, 1]
     metric = fs.isbi_metrics_both if args.dataset == "isbi" else fs.lucchi_metrics
     rows = []
     for sigma in args.sigmas:
-        q = gaussian_filter1d(p, sigma, axis=0, mode="reflect") if sigma > 0 else p
+        q = smooth_stack(p, sigma)  # the engine's own smoothing (weights, window, mirroring)
         row = {"sigma_z": sigma, **{k: round(v, 4) for k, v in metric(fg[scored], q[scored] > 0.5).items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
