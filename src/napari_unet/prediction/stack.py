@@ -172,7 +172,9 @@ class StackPrediction:
         self.statistics_seconds = time.perf_counter() - t0
         whole = len(self.zs) == int(self.stack.shape[0])
         self.z_sigma = resolve_z_sigma(settings.z_smoothing, self.stack, whole)
-        for z, probs, uncertainty in self._probabilities():
+        # probabilities smoothed along z when z_sigma > 0; the uncertainty is the slice's own
+        walk = walk_z(self.zs, int(self.stack.shape[0]), self.z_sigma, self._slice)
+        for z, probs, (_, uncertainty) in walk:
             if self._stop_requested():  # also between slices the smoothing had ready
                 raise Cancelled("prediction cancelled")
             semantic = semantic_labels(probs, settings.threshold)
@@ -200,13 +202,6 @@ class StackPrediction:
         out = self._network(Normalization.apply(raw, self.low, self.high))
         self.network_seconds += time.perf_counter() - t1
         return out
-
-    def _probabilities(self) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-        """``(z, probabilities, uncertainty)`` of each slice to yield, in order;
-        probabilities smoothed along z when ``z_sigma`` > 0 (see :func:`walk_z`)."""
-        depth = int(self.stack.shape[0])
-        for z, probs, (_, uncertainty) in walk_z(self.zs, depth, self.z_sigma, self._slice):
-            yield z, probs, uncertainty
 
     def _network(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities of one normalised slice and, when asked, its uncertainty map."""

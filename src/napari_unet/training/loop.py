@@ -127,9 +127,10 @@ class TrainingRun:
         last = self.last
         cancelled = tr._cancel.is_set()
         done_it = last.iteration if last is not None else tr.start_iteration
-        if (cancelled or self.out_of_time()) and last is not None and last.val_metric is None:
-            # stopped between validations (cancel, time budget spent): validate the
-            # current weights once more so nothing better is lost
+        if last is not None and last.val_metric is None:
+            # stopped between validations (cancel, time budget spent; a run that reaches
+            # its last iteration validates there): validate the current weights once more
+            # so nothing better is lost
             self.consider(tr._validate(), last.iteration)
         if tr.kept is None:  # cancelled before the first iteration
             tr.kept = KeptWeights(cpu_state(self.model.state_dict()), None, tr.start_iteration, None)
