@@ -130,3 +130,13 @@ def test_cli_flag_says_what_it_expects(capsys) -> None:
 
     assert cli.main(["segment", "-m", "m.pt", "-o", "out", "x.tif", "--z-smoothing", "abc"]) == 2
     assert "'auto' or a number of slices" in capsys.readouterr().err
+
+
+def test_blank_stack_is_measured_quietly_and_left_alone() -> None:
+    import warnings
+
+    blank = np.zeros((4, 32, 32), np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning in napari's console for an empty stack
+        assert np.isnan(z_similarity(blank)["ratio"])
+        assert resolve_z_sigma("auto", blank) == 0.0

@@ -23,6 +23,12 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denom) if denom > 0 else float("nan")
 
 
+def _mean(values: list[float]) -> float:
+    """Mean of the finite values; NaN (no warning) when there are none (blank slices)."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def z_similarity(stack: Any, *, max_pairs: int = 16, crop: int = 512) -> dict[str, float]:
     """Mean correlation of adjacent slices and of each slice with itself moved one pixel in y/x.
 
@@ -45,7 +51,7 @@ def z_similarity(stack: Any, *, max_pairs: int = 16, crop: int = 512) -> dict[st
         b = np.asarray(stack[int(z) + 1, ys, xs], np.float32)
         adjacent.append(_corr(a, b))
         in_plane.append(0.5 * (_corr(a[1:], a[:-1]) + _corr(a[:, 1:], a[:, :-1])))
-    adj, inp = float(np.nanmean(adjacent)), float(np.nanmean(in_plane))
+    adj, inp = _mean(adjacent), _mean(in_plane)
     return {"adjacent": adj, "in_plane": inp, "ratio": adj / inp if inp > 0 else float("nan")}
 
 
