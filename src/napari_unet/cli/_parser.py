@@ -69,7 +69,9 @@ examples:
 
 A zarr input (OME-Zarr or a plain zarr array) gives OME-Zarr outputs with its
 scale, <stem>_labels.zarr etc.: split into blocks of --block-z slices, one task
-each; an interrupted run resumes with the blocks it had not finished.
+each; an interrupted run resumes with the blocks it had not finished. With
+--instances-3d the objects of neighbouring slices that overlap are linked into
+3D objects (ids unique across the volume, the same for any --block-z).
 """
 
 _EXPORT_EPILOG = """\
@@ -233,6 +235,11 @@ def _add_segment(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: t
     p.add_argument("--block-xy", type=int, default=None, metavar="PX",
                    help="zarr volumes: also cut slices into xy blocks of PX pixels, for slices "
                         "too large for one task (same result; not with --instances)")
+    p.add_argument("--instances-3d", action="store_true",
+                   help="zarr volumes: link objects across slices into 3D objects where they "
+                        "overlap by at least half of the smaller one (mitochondria, nuclei); "
+                        "implies --instances; the same for any --block-z; not with --block-xy "
+                        "or TIFF inputs")
     p.add_argument("--level", type=int, default=0, metavar="N",
                    help="zarr volumes: multiscale level to segment (default 0, full resolution)")
     p.set_defaults(func=cmd_segment)

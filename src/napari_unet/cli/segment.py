@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ._exit import EXIT_ABORTED, EXIT_FAILED, EXIT_OK
+from ._exit import EXIT_ABORTED, EXIT_FAILED, EXIT_OK, CLIError
 from ._output import _err, _fmt_seconds, print_summary, progress_bar
 from ._signals import _ctrl_c
 
@@ -24,7 +24,7 @@ def _options(args: argparse.Namespace) -> Any:
     from ..prediction.batch import BatchOptions
 
     return BatchOptions(
-        instances=args.instances,
+        instances=args.instances or args.instances_3d,  # 3D instances imply instances
         probabilities=args.probabilities,
         probability_dtype=args.probability_dtype,
         tile_size=args.tile,
@@ -49,6 +49,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     options = _options(args)
     volumes = [Path(i) for i in args.inputs if is_zarr(i)]
     others = [i for i in args.inputs if not is_zarr(i)]
+    if args.instances_3d and others:
+        raise CLIError("--instances-3d is for zarr volumes only; TIFF inputs get 2D instances "
+                       f"(--instances): remove it or the TIFF inputs ({others[0]})")
     paths = expand_inputs(others) if others or not volumes else []
     resolve_model_path(args.model)  # a missing model is reported before anything starts
     outdir = Path(args.output)
@@ -122,6 +125,6 @@ def _segment_volume(args: argparse.Namespace, volume: Path, outdir: Path, option
         return segment_volume(args.model, volume, outdir, settings=options, block_z=args.block_z,
                               block_xy=args.block_xy,
                               client=args.scheduler or None, level=args.level,
-                              should_stop=should_stop)
+                              should_stop=should_stop, instances_3d=args.instances_3d)
     except (ValueError, OSError) as exc:
         return FileResult(volume, "failed", reason=str(exc).splitlines()[0][:300])

@@ -13,7 +13,12 @@ single-process run:
 - instance ids are numbered slice by slice in z order, as
   :class:`~.stack.StackPrediction` does: each block writes its block-local ids
   to a hidden scratch store and records its object count; a final pass adds
-  to every block the objects of the blocks before it.
+  to every block the objects of the blocks before it;
+- with ``instances_3d`` the 2D objects are then linked across slices where
+  they overlap (:mod:`.link_z`): every block computes the overlaps inside it
+  and across its lower border from the scratch ids, the client numbers the
+  linked groups, and the same final pass writes the 3D ids. They depend only
+  on the 2D ids, so they too are the same for any block layout.
 
 Outputs are written in place (not renamed into place: a volume may be larger
 than what one rename-able temporary could hold). Each finished block leaves
@@ -87,6 +92,7 @@ class VolumeJob:
     low: float
     high: float
     block_xy: int | None = None  # xy window edge; None: whole slices
+    link_overlap: float | None = None  # 3D instances: link overlap fraction; None: 2D ids
 
     @property
     def records(self) -> Path:
@@ -200,8 +206,12 @@ def _block_task(model_path: str, sha256: str, job: VolumeJob, z0: int, z1: int,
         return predict_block(engine, job, z0, z1, window=window)
 
 
-def offset_block(job: VolumeJob, z0: int, z1: int, offset: int) -> None:
-    """Final ids of one block: its block-local ids plus the objects of the blocks before it."""
+def _scratch_ids(job: VolumeJob, z0: int, z1: int, offset: int) -> np.ndarray:
+    """Volume-wide 2D ids of slices ``z0:z1`` of one block: its scratch ids plus ``offset``.
+
+    Always read from the scratch store, never from the output, so that every
+    pass of the finish can be run again after an interruption.
+    """
     import zarr
 
     ids = zarr.open_array(f"{job.scratch}/0", mode="r")[z0:z1]
@@ -209,15 +219,41 @@ def offset_block(job: VolumeJob, z0: int, z1: int, offset: int) -> None:
         if offset + int(ids.max(initial=0)) > np.iinfo(np.uint32).max:
             raise ValueError("more than 2**32 - 1 objects; cannot store them as uint32")
         ids[ids > 0] += np.uint32(offset)
+    return ids
+
+
+def offset_block(job: VolumeJob, z0: int, z1: int, offset: int, table: str | None = None) -> None:
+    """Final ids of one block: its block-local ids plus the objects of the blocks before it,
+    mapped to 3D ids through the lookup table saved at ``table`` (an .npy) when given."""
+    import zarr
+
+    ids = _scratch_ids(job, z0, z1, offset)
+    if table is not None:
+        ids = np.load(table, mmap_mode="r")[ids]
     zarr.open_array(f"{job.outputs[INSTANCES]}/0", mode="r+")[z0:z1] = ids
 
 
+def edge_block(job: VolumeJob, z0: int, z1: int, offset: int, below: int) -> np.ndarray:
+    """The overlap edges of one block: inside ``z0:z1`` and, unless it is the first block,
+    between slice ``z0 - 1`` (of the block below, whose offset is ``below``) and ``z0``."""
+    from .link_z import stack_edges
+
+    ids = _scratch_ids(job, z0, z1, offset)
+    if z0 > 0:
+        ids = np.concatenate([_scratch_ids(job, z0 - 1, z0, below), ids])
+    return stack_edges(ids, job.link_overlap)
+
+
 def _fingerprint(identity: dict[str, Any], options: BatchOptions, input: str, level: int,
-                 shape: tuple[int, ...], block_z: int, block_xy: int | None = None) -> str:
+                 shape: tuple[int, ...], block_z: int, block_xy: int | None = None,
+                 link_overlap: float | None = None) -> str:
     """What a resumed run must share with the run that wrote the blocks."""
     settings = {k: v for k, v in options.to_dict().items() if k != "overwrite"}
     blocking: Any = block_z if block_xy is None else [block_z, block_xy]  # old runs' prints unchanged
-    text = json.dumps([identity, settings, input, level, list(shape), blocking], sort_keys=True, default=str)
+    parts: list[Any] = [identity, settings, input, level, list(shape), blocking]
+    if link_overlap is not None:  # only 3D runs add it: 2D runs keep their old prints
+        parts.append({"instances_3d": link_overlap})
+    text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -308,21 +344,52 @@ def _run_blocks(trained: Any, identity: dict[str, Any], job: VolumeJob, todo: li
     _wait_all(client, futures, should_stop)
 
 
-def _finish_instances(job: VolumeJob, records: list[dict[str, Any]], client: Any,
-                      should_stop: StopCallback | None) -> int:
-    """The offset pass: ids continue across blocks in z order, as in a single-process run."""
-    offsets = np.concatenate([[0], np.cumsum([r["objects"] for r in records])]).astype(int)
-    args = [(job, r["z"][0], r["z"][1], int(o)) for r, o in zip(records, offsets[:-1])]
+def _map(client: Any, should_stop: StopCallback | None, fn: Callable[..., Any],
+         args: list[tuple[Any, ...]]) -> list[Any]:
+    """``fn(*a)`` for every ``a``: here in order, or one task each on the cluster."""
     if client is None:
-        for a in args:
-            offset_block(*a)
-    else:
-        _wait_all(client, [client.submit(offset_block, *a, pure=False) for a in args], should_stop)
-    return int(offsets[-1])
+        return [fn(*a) for a in args]
+    return _wait_all(client, [client.submit(fn, *a, pure=False) for a in args], should_stop)
+
+
+def _finish_instances(job: VolumeJob, records: list[dict[str, Any]], client: Any,
+                      should_stop: StopCallback | None) -> tuple[int, int | None]:
+    """The offset pass: ids continue across blocks in z order, as in a single-process run.
+
+    With 3D instances an edge pass comes first and the client saves the 2D-to-3D
+    lookup table next to the scratch ids for the offset pass to apply. Returns
+    the 2D object count and the 3D one (None without 3D instances).
+    """
+    from .link_z import link_components
+
+    offsets = [int(o) for o in np.concatenate([[0], np.cumsum([r["objects"] for r in records])])]
+    spans = [(r["z"][0], r["z"][1]) for r in records]
+    table, n_3d = None, None
+    if job.link_overlap is not None:
+        below = [0] + offsets[:-2]
+        edges = _map(client, should_stop, edge_block,
+                     [(job, z0, z1, o, b) for (z0, z1), o, b in zip(spans, offsets, below)])
+        lookup = link_components(offsets[-1], np.concatenate(edges) if edges else np.zeros((0, 2)))
+        n_3d = int(lookup.max(initial=0))
+        table = str(Path(job.scratch) / "napari_unet_link_z.npy")  # type: ignore[arg-type]
+        np.save(table, lookup)
+    _map(client, should_stop, offset_block, [(job, z0, z1, o, table) for (z0, z1), o in zip(spans, offsets)])
+    return offsets[-1], n_3d
+
+
+def _instances_record(job: VolumeJob, n_objects: int | None, n_3d: int | None) -> dict[str, Any] | None:
+    """The provenance's "instances" entry: how the ids were made and how many there are."""
+    if n_objects is None:
+        return None
+    if job.link_overlap is None:
+        return {"labelling": "2D per slice, ids unique across the volume", "count": n_objects}
+    return {"labelling": "3D: 2D objects linked across slices where they overlap by "
+                         f">= {job.link_overlap:g} of the smaller",
+            "count": n_3d, "count_2d": n_objects, "link_overlap": job.link_overlap}
 
 
 def _provenance(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict[str, Any],
-                records: list[dict[str, Any]], n_objects: int | None, block_z: int,
+                records: list[dict[str, Any]], instances: dict[str, Any] | None, block_z: int,
                 seconds: float, distributed: bool) -> dict[str, Any]:
     from .batch import _environment
 
@@ -337,8 +404,7 @@ def _provenance(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict
                      "block_z": block_z, "block_xy": job.block_xy, "blocks": len(records),
                      "distributed": distributed},
         "outputs": {k: Path(p).name for k, p in job.outputs.items()},
-        "instances": None if n_objects is None else
-        {"labelling": "2D per slice, ids unique across the volume", "count": n_objects},
+        "instances": instances,
         "timings": {"seconds": round(seconds, 3),
                     "block_seconds": round(sum(r["seconds"] for r in records), 3)},
         "environment": _environment(),
@@ -348,7 +414,8 @@ def _provenance(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict
 def segment_volume(model: Any, input: str | os.PathLike, output: str | os.PathLike, *,
                    settings: Any = None, block_z: int = BLOCK_Z, block_xy: int | None = None,
                    client: Any = None, level: int = 0,
-                   should_stop: StopCallback | None = None) -> FileResult:
+                   should_stop: StopCallback | None = None,
+                   instances_3d: bool = False, link_overlap: float = 0.5) -> FileResult:
     """Segment one zarr volume into OME-Zarr outputs in ``output``, block by block.
 
     Args:
@@ -365,6 +432,12 @@ def segment_volume(model: Any, input: str | os.PathLike, output: str | os.PathLi
         client: None (this process), a ``distributed.Client``, a scheduler
             address or a scheduler JSON file.
         level: multiscale level of an OME-Zarr input (0: full resolution).
+        instances_3d: link the 2D objects of neighbouring slices that overlap
+            by at least ``link_overlap`` of the smaller one into 3D objects
+            (mitochondria, nuclei), across block borders too; the ids are
+            the same for any ``block_z``. Implies ``instances`` (turned on
+            if the settings leave it off); refused with ``block_xy``.
+        link_overlap: that fraction, in (0, 1].
 
     Returns a ``"done"`` or ``"skipped"`` (provenance exists) FileResult;
     raises ValueError for a bad input (NaN slices named) and
@@ -375,6 +448,15 @@ def segment_volume(model: Any, input: str | os.PathLike, output: str | os.PathLi
     t0 = time.perf_counter()
     options = _as_options(settings)
     block_z = check_positive_int(block_z, "block_z")
+    link: float | None = None
+    if instances_3d:
+        from .link_z import check_min_overlap
+
+        link = check_min_overlap(link_overlap)
+        if block_xy is not None:
+            raise ValueError("3D instances cannot be computed with xy blocks (block_xy): an object "
+                             "crossing a block border would get two ids; use block_xy=None")
+        options = dataclasses.replace(options, instances=True)
     if block_xy is not None:
         block_xy = check_positive_int(block_xy, "block_xy")
         if options.instances:
@@ -399,9 +481,9 @@ def segment_volume(model: Any, input: str | os.PathLike, output: str | os.PathLi
     options = dataclasses.replace(options, z_smoothing=resolve_z_sigma(options.z_smoothing, volume))
     scratch = str(outdir / f".{zarr_stem(path)}_instances.raw.zarr") if options.instances else None
     job = VolumeJob(str(path), int(level), {k: str(p) for k, p in targets.items() if k != PROVENANCE},
-                    scratch, options, low, high, block_xy)
+                    scratch, options, low, high, block_xy, link)
     _prepare(job, volume, block_z,
-             _fingerprint(identity, options, str(path), level, volume.shape, block_z, block_xy),
+             _fingerprint(identity, options, str(path), level, volume.shape, block_z, block_xy, link),
              options.overwrite)
     owned = False
     if client is not None:
@@ -426,10 +508,10 @@ def _run_volume(job: VolumeJob, volume: ZarrVolume, trained: Any, identity: dict
     except ValueError as exc:
         raise ValueError(f"{Path(job.input).name}: {exc}") from None
     records = [json.loads(_record_path(job, *b).read_text()) for b in every]
-    n_objects = _finish_instances(job, records, client, should_stop) if job.scratch else None
+    n_objects, n_3d = _finish_instances(job, records, client, should_stop) if job.scratch else (None, None)
     seconds = time.perf_counter() - t0
-    record = _provenance(job, volume, trained, identity, records, n_objects, block_z, seconds,
-                         client is not None)
+    record = _provenance(job, volume, trained, identity, records, _instances_record(job, n_objects, n_3d),
+                         block_z, seconds, client is not None)
     write_json(targets[PROVENANCE], record)
     if job.scratch:
         shutil.rmtree(job.scratch, ignore_errors=True)
