@@ -115,7 +115,7 @@ def run(n_workers: int, model: str, source: Path, out: Path, args: argparse.Name
             killer.start()
         t0 = time.perf_counter()
         result = segment_volume(model, source, out, settings=options, block_z=args.block_z,
-                                block_xy=args.block_xy, client=client)
+                                block_xy=args.block_xy, client=client, instances_3d=args.instances_3d)
         seconds = time.perf_counter() - t0
         stop.set()
         if killer is not None:
@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--block-z", type=int, default=16)
     p.add_argument("--block-xy", type=int, default=None)
     p.add_argument("--kill", action="store_true", help="SIGKILL one worker of the 2-worker run mid-run")
+    p.add_argument("--instances-3d", action="store_true",
+                   help="link the instances across slices (and blocks) into 3D objects")
     p.add_argument("--dir", type=Path, help="working folder (default: a temporary one, deleted)")
     args = p.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="bench_volume_")) if args.dir is None else args.dir

@@ -140,7 +140,22 @@ def test_shape_mismatch_raises():
     with pytest.raises(ValueError):
         augment_patch(image, [target[:-1]], np.random.default_rng(0))
     with pytest.raises(ValueError):
-        augment_patch(image[None], [], np.random.default_rng(0))
+        augment_patch(image[None, None], [], np.random.default_rng(0))
+
+
+def test_planes_move_together():
+    """A slice and its neighbours (2.5D input) get one geometry and one intensity jitter:
+    three copies of a patch come out as three copies of the 2D result (noise aside: each
+    plane has its own, as each slice of a stack does)."""
+    image, target, weight = _patch()
+    cfg = AugmentConfig(p_intensity=1.0, noise_std=(0.0, 0.0))
+    flat, (t2, w2) = augment_patch(image, [target, weight], np.random.default_rng(3), cfg)
+    planes, (t3, w3) = augment_patch(np.stack([image] * 3), [target, weight], np.random.default_rng(3), cfg)
+    assert planes.shape == (3, *flat.shape)
+    for plane in planes:
+        np.testing.assert_allclose(plane, flat, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(t3, t2)
+    np.testing.assert_array_equal(w3, w2)
 
 
 @pytest.mark.parametrize(

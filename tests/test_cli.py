@@ -316,3 +316,18 @@ def test_resume_keeps_how_the_labels_were_read(tmp_path, capsys):
     assert code == 0, err
     annotation = load_checkpoint(second).annotation
     assert annotation.mode == "scribbles" and annotation.balance is False
+
+
+def test_train_input_slices_fine_tunes_a_2d_model_into_a_25d_one(tmp_path, capsys, training_data):
+    image, labels = training_data
+    flat, wide = tmp_path / "flat.pt", tmp_path / "wide.pt"
+    assert run(capsys, "train", image, labels, "-o", flat, *QUICK_TRAIN)[0] == 0
+    code, out, err = run(capsys, "train", image, labels, "-o", wide, "--from", flat, "--input-slices", "3",
+                         "--iterations", "3", "--patch-size", "24", "--batch-size", "2")
+    assert code == 0, err
+    assert load_checkpoint(wide).config.input_slices == 3
+    code, _, err = run(capsys, "train", image, labels, "-o", tmp_path / "x.pt", *QUICK_TRAIN,
+                       "--input-slices", "2")
+    assert code != 0 and "input_slices" in err
+    code, _, err = run(capsys, "segment", "-m", wide, image, "-o", tmp_path / "out")
+    assert code == 0, err

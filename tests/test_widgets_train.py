@@ -374,6 +374,18 @@ def test_class_balancing_is_an_advanced_choice_that_reaches_training(make_napari
     assert widget.build_request().config.annotation.balance is True
 
 
+def test_input_slices_is_an_advanced_choice_that_reaches_training(make_napari_viewer):
+    viewer = make_napari_viewer()
+    add_small_stack(viewer)
+    widget = open_train(viewer)
+    assert widget.input_slices.native.isHidden()
+    assert widget.build_request().config.input_slices is None  # as the starting model
+    widget.show_advanced.value = True
+    assert not widget.input_slices.native.isHidden()
+    widget.input_slices.value = 3
+    assert widget.build_request().config.input_slices == 3
+
+
 def test_time_limit_is_a_default_that_reaches_training_and_the_ready_line(make_napari_viewer):
     viewer = make_napari_viewer()
     add_small_stack(viewer)

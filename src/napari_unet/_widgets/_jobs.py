@@ -121,11 +121,20 @@ def describe_error(exc: BaseException) -> str:
 def predict_slice(
     model: TrainedModel, image: Any, z: int | None, *, device: str, batch_size: int
 ) -> np.ndarray:
-    """Semantic labels of one (Y, X) slice; reads only that slice of a lazy stack."""
+    """Semantic labels of one (Y, X) slice; reads only that slice of a lazy stack (and its
+    neighbours for a network that reads several slices)."""
     from ..prediction.inference import predict
 
-    plane = np.asarray(image if z is None else image[z])
-    return predict(model, plane, device=device, batch_size=batch_size, probabilities=False).semantic
+    n = model.config.input_slices
+    if z is None or n == 1:
+        plane = np.asarray(image if z is None else image[z])
+        return predict(model, plane, device=device, batch_size=batch_size, probabilities=False).semantic
+    from ..prediction.z_context import z_window
+
+    # the slice's window as a small stack: its middle slice reads exactly these planes
+    window = np.stack([np.asarray(image[i]) for i in z_window(z, int(image.shape[0]), n // 2)])
+    return predict(model, window, slices=[n // 2], device=device, batch_size=batch_size,
+                   probabilities=False).semantic[n // 2]
 
 
 def _release(device: str) -> None:

@@ -59,6 +59,20 @@ def _start_from_choices() -> list[tuple[str, str]]:
     ]
 
 
+def _input_slices_field() -> ComboBox:
+    """How many slices the network reads per slice (advanced; 0 keeps the starting model's)."""
+    return ComboBox(
+        label="input slices",
+        choices=[("as the model", 0), ("1 (2D)", 1), ("3 (2.5D)", 3), ("5 (2.5D)", 5)],
+        value=0,
+        visible=False,
+        tooltip="How many slices the network reads for each one: 3 gives it the slices above "
+        "and below as well (2.5D), for near-isotropic volumes such as FIB-SEM (on thin serial "
+        "sections it hurts). A 2D model fine-tuned with 3 starts as it was and learns what the "
+        "neighbours add; training is about 30 % slower per iteration on a CPU.",
+    )
+
+
 def _run_length_fields() -> tuple[SpinBox, FloatSpinBox]:
     """How long a run goes: iterations, and a time limit (whichever ends it first).
 
@@ -194,6 +208,7 @@ class TrainFields:
             visible=False,
             tooltip="Edge of the output window of one training sample.",
         )
+        self.input_slices = _input_slices_field()
         self.batch_size = SpinBox(label="batch size", min=1, max=256, value=4, visible=False)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0, visible=False)
 
@@ -263,6 +278,7 @@ class TrainForm(TrainFields):
                 self.sigma,
                 self.class_balance,
                 self.patch_size,
+                self.input_slices,
                 self.batch_size,
                 self.seed,
                 self.start,
@@ -286,7 +302,8 @@ class TrainForm(TrainFields):
     def _update_fields(self, *_: Any) -> None:
         """Show the fields that apply to the current choices."""
         advanced = bool(self.show_advanced.value)
-        for w in (self.w0, self.sigma, self.class_balance, self.patch_size, self.batch_size, self.seed):
+        for w in (self.w0, self.sigma, self.class_balance, self.patch_size, self.input_slices,
+                  self.batch_size, self.seed):
             w.visible = advanced
         start = self.start_from.value
         self.checkpoint.visible = start == "checkpoint"

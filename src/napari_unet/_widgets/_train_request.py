@@ -156,6 +156,7 @@ class TrainRequestBuilder:
                 balance=self.class_balance.value,
             ),
             seed=int(self.seed.value),
+            input_slices=int(self.input_slices.value) or None,  # 0: as the starting model
             device=self.device.value,
         )
         init = self._init_model()

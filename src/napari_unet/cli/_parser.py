@@ -161,6 +161,9 @@ def _add_train(sub: Any, common: argparse.ArgumentParser, fmt: Any, devices: tup
                    help="stop after M minutes of training (or at --iterations, whichever comes "
                         "first); the learning rate decays over the time, so a short budget still "
                         "ends well")
+    p.add_argument("--input-slices", type=int, metavar="N",
+                   help="2.5D: the network reads each slice with its neighbours, N slices in all "
+                        "(odd; e.g. 3 for near-isotropic FIB-SEM); default: the starting model's (1)")
     p.add_argument("--lr", type=float, metavar="RATE",
                    help="learning rate (default 1e-3 from scratch, 3e-4 when fine-tuning)")
     p.add_argument("--batch-size", type=int, metavar="N", help="patches per iteration (default 4)")

@@ -168,6 +168,7 @@ def _training_config(args: argparse.Namespace, init: Any) -> Any:
         "learning_rate": args.lr,
         "seed": args.seed,
         "time_limit_s": None if args.minutes is None else args.minutes * 60.0,
+        "input_slices": args.input_slices,
     }
     base.update({k: v for k, v in chosen.items() if v is not None})
     if "learning_rate" not in base and init is not None:

@@ -269,6 +269,11 @@ def export_bioimageio(
     from pydantic import ValidationError  # installed with bioimageio.spec
 
     trained, source_name, card, shipped = resolve_model(model)
+    if trained.config.input_slices != 1:
+        raise ValueError(
+            f"this model reads {trained.config.input_slices} neighbouring slices per slice (2.5D); "
+            "bioimage.io export covers 2D models only so far"
+        )
     path = Path(path)
     if path.suffix.lower() != ".zip":
         raise ValueError(f"a bioimage.io package is a .zip file, not {path.name!r}")

@@ -352,7 +352,7 @@ def parameter_count(config: UNetConfig) -> int:
     def two_conv(cin: int, cout: int) -> int:
         return 9 * cout * (cin + cout) + 2 * per_conv_extra * cout
 
-    n = sum(two_conv(config.in_channels if i == 0 else c[i - 1], c[i]) for i in range(config.depth))
+    n = sum(two_conv(config.input_planes if i == 0 else c[i - 1], c[i]) for i in range(config.depth))
     n += two_conv(c[-2], c[-1])
     n += sum(4 * c[i + 1] * c[i] + c[i] + two_conv(2 * c[i], c[i]) for i in range(config.depth))
     return n + (c[0] + 1) * config.n_classes
@@ -391,7 +391,7 @@ def _check_config(name: str, data: Any) -> tuple[UNetConfig, _ShapeOnlyUNet]:
     invalid = f"{name} has an invalid configuration"
     if not isinstance(data, dict):
         raise CheckpointError(f"{invalid}: model_config is missing or not a dict")
-    for key in ("in_channels", "n_classes", "depth", "base_channels", "groups"):
+    for key in ("in_channels", "n_classes", "depth", "base_channels", "groups", "input_slices"):
         if key in data and not _is_int(data[key]):
             raise CheckpointError(f"{invalid}: {key} must be an integer, got {_show(data[key])}")
     if "dropout" in data and not _is_number(data["dropout"]):
@@ -629,20 +629,42 @@ def load_checkpoint(path: str | os.PathLike) -> TrainedModel:
     )
 
 
+def _widened_first_conv(weight: torch.Tensor, source: UNetConfig, target: UNetConfig) -> torch.Tensor:
+    """A 2D network's first convolution for a network reading ``target.input_slices``
+    slices: the 2D weights on the centre slice, zeros on the neighbours, so the wider
+    network starts as exactly the same function and training learns what the
+    neighbours add."""
+    out = torch.zeros((weight.shape[0], target.input_planes, *weight.shape[2:]), dtype=weight.dtype)
+    centre = target.z_radius * target.in_channels
+    out[:, centre : centre + source.in_channels] = weight
+    return out
+
+
 def transfer_weights(source: UNet, target: UNet) -> list[str]:
     """Copy every weight of ``source`` whose name and shape fit ``target``.
 
     Used for fine-tuning: the encoder and decoder are kept, the 1x1 head is
-    re-initialised when the number of classes differs. Returns the names of
-    the tensors that were *not* transferred.
+    re-initialised when the number of classes differs. A 2D source (one input
+    slice) fills a 2.5D target's first convolution on its centre slice
+    (:func:`_widened_first_conv`). Returns the names of the tensors that were
+    *not* transferred.
     """
-    if source.config.in_channels != target.config.in_channels:
+    s_cfg, t_cfg = source.config, target.config
+    if s_cfg.in_channels != t_cfg.in_channels:
         raise CheckpointError(
-            f"the checkpoint expects {source.config.in_channels} input channel(s), the image has "
-            f"{target.config.in_channels}"
+            f"the checkpoint expects {s_cfg.in_channels} input channel(s), the image has "
+            f"{t_cfg.in_channels}"
+        )
+    if s_cfg.input_slices != t_cfg.input_slices and s_cfg.input_slices != 1:
+        raise CheckpointError(
+            f"the checkpoint reads {s_cfg.input_slices} slices at a time; it can be fine-tuned "
+            f"with that number only (asked for {t_cfg.input_slices})"
         )
     src = source.state_dict()
     dst = target.state_dict()
+    first = "encoder.0.0.weight"
+    if s_cfg.input_slices != t_cfg.input_slices and first in src:
+        src[first] = _widened_first_conv(src[first], s_cfg, t_cfg)
     skipped = []
     for k, v in dst.items():
         if k in src and src[k].shape == v.shape:

@@ -38,6 +38,10 @@ class UNetConfig:
       depend on the tiling; it is offered for batch size 1 training only.
     - ``dropout=0.2`` at the end of the contracting path, as the paper does, to
       regularise training on a handful of slices.
+    - ``input_slices=1``: each slice alone. An odd number above 1 (2.5D) gives
+      the network slice z and its neighbours (mirrored at the stack ends) as
+      input channels, so on near-isotropic volumes it sees the objects'
+      shape along z; only the centre slice is segmented.
     """
 
     in_channels: int = 1
@@ -48,8 +52,12 @@ class UNetConfig:
     norm: Norm = "batch"
     dropout: float = 0.2
     groups: int = 8
+    input_slices: int = 1
 
     def __post_init__(self) -> None:
+        if (not isinstance(self.input_slices, int) or isinstance(self.input_slices, bool)
+                or self.input_slices < 1 or self.input_slices % 2 == 0 or self.input_slices > 15):
+            raise ValueError(f"input_slices must be an odd number from 1 to 15, got {self.input_slices!r}")
         if not isinstance(self.in_channels, int) or self.in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {self.in_channels!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:
@@ -73,8 +81,23 @@ class UNetConfig:
                 f"groups ({self.groups})"
             )
 
+    @property
+    def input_planes(self) -> int:
+        """Channels of the first convolution: image channels times input slices."""
+        return self.in_channels * self.input_slices
+
+    @property
+    def z_radius(self) -> int:
+        """Neighbouring slices on each side that the network reads (0: 2D)."""
+        return self.input_slices // 2
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain fields; ``input_slices`` only when above 1, so 2D checkpoints stay
+        readable by versions that predate it."""
+        data = asdict(self)
+        if self.input_slices == 1:
+            del data["input_slices"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UNetConfig:

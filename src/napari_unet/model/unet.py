@@ -151,8 +151,9 @@ class UNet(nn.Module):
     Args:
         config: architecture; see :class:`~napari_unet.model.config.UNetConfig`.
 
-    Input ``(N, in_channels, H, W)`` with H and W legal sizes (see
-    :attr:`geometry`); output ``(N, n_classes, H - 2*margin, W - 2*margin)``.
+    Input ``(N, input_planes, H, W)`` (``in_channels`` times ``input_slices``
+    neighbouring slices) with H and W legal sizes (see :attr:`geometry`);
+    output ``(N, n_classes, H - 2*margin, W - 2*margin)``.
     """
 
     def __init__(self, config: UNetConfig | None = None) -> None:
@@ -161,7 +162,7 @@ class UNet(nn.Module):
         c = [config.base_channels * 2**i for i in range(config.depth + 1)]
         args = (config.padding, config.norm, config.groups)
         self.encoder = nn.ModuleList(
-            [TwoConv(config.in_channels if i == 0 else c[i - 1], c[i], *args) for i in range(config.depth)]
+            [TwoConv(config.input_planes if i == 0 else c[i - 1], c[i], *args) for i in range(config.depth)]
         )
         self.pool = nn.MaxPool2d(2)
         self.bottom = TwoConv(c[-2], c[-1], *args)

@@ -113,14 +113,15 @@ def run_tiles(
     runner = predictor.runner
     ih, iw = size
     oy, ox = offset
-    batch = np.empty((runner.batch_size, 1, ih, iw), dtype=np.float32)
+    planes = 1 if padded.ndim == 2 else padded.shape[0]  # a slice, or it and its neighbours
+    batch = np.empty((runner.batch_size, planes, ih, iw), dtype=np.float32)
     with torch.inference_mode():
         for first in range(0, len(origins), runner.batch_size):
             if predictor.should_stop is not None and predictor.should_stop():
                 raise Cancelled("prediction cancelled")
             chunk = origins[first : first + runner.batch_size]
             for i, (y, x) in enumerate(chunk):
-                batch[i, 0] = padded[y - oy : y - oy + ih, x - ox : x - ox + iw]
+                batch[i] = padded[..., y - oy : y - oy + ih, x - ox : x - ox + iw]
             yield first, chunk, runner.run_fitting(batch[: len(chunk)])
 
 
@@ -132,10 +133,10 @@ def _stitch_slice(
     Reads the predictor's settings afresh on every slice (tile size, overlap,
     blend, callbacks), so changes made between slices take effect.
     """
-    Y, X = image.shape
+    Y, X = image.shape[-2:]
     grid, tile_size, overlap = predictor.grid, predictor.tile_size, predictor.overlap
     py, px = plan_axis(grid, Y, tile_size, overlap), plan_axis(grid, X, tile_size, overlap)
-    pads = ((py.pad_before, py.pad_after), (px.pad_before, px.pad_after))
+    pads = ((0, 0),) * (image.ndim - 2) + ((py.pad_before, py.pad_after), (px.pad_before, px.pad_after))
     padded = np.pad(image, pads, mode="reflect")
     m = predictor.margin
     ih, iw = py.tile + 2 * m, px.tile + 2 * m
@@ -188,7 +189,7 @@ def predict_slice_disagreement(
 
     if not predictor.tta:
         raise ValueError("the TTA disagreement needs a TilePredictor with tta=True")
-    image = _check_slice(image)
+    image = _check_slice(image, predictor.planes)
     runner = predictor.runner
     runner.disagreement = True
     try:
@@ -235,9 +236,16 @@ def _check_dtype(dtype: Any) -> None:
         )
 
 
-def _check_slice(image: Any) -> np.ndarray:
+def _check_slice(image: Any, planes: int = 1) -> np.ndarray:
+    """A finite float32 ``(Y, X)`` slice, or ``(planes, Y, X)`` for a network that reads
+    each slice with its neighbours (``UNetConfig.input_slices``)."""
     image = np.asarray(image)
-    if image.ndim != 2:
+    if planes > 1 and image.shape[:1] != (planes,) or planes > 1 and image.ndim != 3:
+        raise ValueError(
+            f"this model reads each slice with its neighbours: expected ({planes}, Y, X) "
+            f"input planes, got shape {image.shape}"
+        )
+    if planes == 1 and image.ndim != 2:
         raise ValueError(f"expected a 2D (Y, X) slice, got shape {image.shape}")
     if image.size == 0:
         raise ValueError(f"cannot predict an empty image of shape {image.shape}")
@@ -245,6 +253,14 @@ def _check_slice(image: Any) -> np.ndarray:
     if not np.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values")
     return image.astype(np.float32, copy=False)
+
+
+def _stack_input(stack: Any, z: int, planes: int) -> np.ndarray:
+    """Slice ``z`` of a stack as the network reads it: with its neighbours (mirrored at
+    the stack ends) when it reads several slices."""
+    from .z_context import input_planes
+
+    return input_planes(lambda i: np.asarray(stack[i]), z, int(stack.shape[0]), planes)
 
 
 def _check_out(out: Any, shape: tuple[int, ...]) -> None:
@@ -344,6 +360,8 @@ class TilePredictor:
         _check_settings(batch_size, overlap, blend)
         self.geometry = geometry
         self.n_classes = int(config.n_classes)
+        #: Input planes per slice: 1, or the slice and its neighbours (2.5D).
+        self.planes = int(getattr(config, "input_slices", 1))
         grid = self.grid = TileGrid(geometry)
         self.valid, self.margin, self.divisor = grid.valid, grid.margin, grid.divisor
         resolved = resolve_device(device)
@@ -370,8 +388,9 @@ class TilePredictor:
         return count_tiles(self.grid, shape, self.tile_size, self.overlap)
 
     def predict_slice(self, image: np.ndarray) -> np.ndarray:
-        """``(Y, X)`` float image -> ``(C, Y, X)`` float32 softmax probabilities."""
-        image = _check_slice(image)
+        """``(Y, X)`` float image (``(planes, Y, X)`` for a 2.5D network, its slice in
+        the middle) -> ``(C, Y, X)`` float32 softmax probabilities."""
+        image = _check_slice(image, self.planes)
         return _predict_slice(self, image, 0, self.n_tiles(image.shape))
 
     def iter_stack(self, stack: Any) -> Iterator[tuple[int, np.ndarray]]:
@@ -387,7 +406,7 @@ class TilePredictor:
         per_slice = self.n_tiles(shape)
         total = per_slice * shape[0]
         for z in range(shape[0]):
-            image = _check_slice(stack[z])
+            image = _check_slice(_stack_input(stack, z, self.planes), self.planes)
             yield z, _predict_slice(self, image, z * per_slice, total, per_slice)
 
     def predict(self, image: Any, out: np.ndarray | None = None) -> np.ndarray:

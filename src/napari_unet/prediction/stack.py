@@ -29,7 +29,7 @@ from ..devices import release_memory, resolve_device
 from ..errors import Cancelled
 from ..model.normalization import Normalization
 from .settings import PredictionSettings
-from .z_context import resolve_z_sigma, walk_z
+from .z_context import input_planes, resolve_z_sigma, walk_z
 
 StopCallback = Callable[[], bool]
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
@@ -154,6 +154,7 @@ class StackPrediction:
         self.network_seconds = 0.0
         self.n_objects = 0
         self.z_sigma = 0.0  # resolved from settings.z_smoothing when the walk starts
+        self._read: dict[int, np.ndarray] = {}  # raw slices a 2.5D network still needs
 
     def _stop_requested(self) -> bool:
         return self.should_stop is not None and bool(self.should_stop())
@@ -193,15 +194,26 @@ class StackPrediction:
             yield SlicePrediction(z, probs, semantic, foreground, ids, uncertainty)
 
     def _slice(self, z: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """The network's probabilities (and uncertainty) of slice ``z`` alone."""
+        """The network's probabilities (and uncertainty) of slice ``z`` (read with its
+        neighbours when the network reads several slices)."""
         if self._stop_requested():
             raise Cancelled("prediction cancelled")
-        raw = np.asarray(self.stack[z])
-        check_finite(raw, "image", f" (slice {z})")
+        n = self.engine.predictor.planes
+        raw = input_planes(self._raw, z, int(self.stack.shape[0]), n)
+        for i in [k for k in self._read if k < z - n // 2]:  # the walk goes up: drop what it passed
+            del self._read[i]
         t1 = time.perf_counter()
         out = self._network(Normalization.apply(raw, self.low, self.high))
         self.network_seconds += time.perf_counter() - t1
         return out
+
+    def _raw(self, z: int) -> np.ndarray:
+        """Slice ``z`` as stored, checked; kept while neighbouring slices still read it."""
+        raw = self._read.get(z)
+        if raw is None:
+            raw = self._read[z] = np.asarray(self.stack[z])
+            check_finite(raw, "image", f" (slice {z})")
+        return raw
 
     def _network(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Probabilities of one normalised slice and, when asked, its uncertainty map."""

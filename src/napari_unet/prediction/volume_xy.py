@@ -90,7 +90,7 @@ class WindowPredictor:
         p = self.predictor
         r0, c0 = int(self.iy.min()), int(self.ix.min())
         image = Normalization.apply(raw, low, high).astype(np.float32, copy=False)
-        padded = image[np.ix_(self.iy - r0, self.ix - c0)]
+        padded = image[(..., *np.ix_(self.iy - r0, self.ix - c0))]  # (Y, X) or (planes, Y, X)
         m, ty, tx = p.margin, self.py.tile, self.px.tile
         ih, iw = ty + 2 * m, tx + 2 * m
         y0, y1, x0, x1 = self.window
@@ -115,7 +115,7 @@ def predict_window(engine: Any, volume: Any, zs: range, window: Window, settings
     """
     from .postprocess import semantic_labels
     from .uncertainty import normalized_entropy, tta_disagreement
-    from .z_context import resolve_z_sigma, walk_z
+    from .z_context import input_planes, resolve_z_sigma, walk_z
 
     if engine.closed:
         raise RuntimeError("this PredictionEngine is closed; build a new one")
@@ -128,7 +128,8 @@ def predict_window(engine: Any, volume: Any, zs: range, window: Window, settings
     n = predictor.n_classes
 
     def one(z: int) -> tuple[np.ndarray, np.ndarray]:
-        raw = plan.read(volume, z)
+        # with its neighbours for a network that reads several slices
+        raw = input_planes(lambda i: plan.read(volume, i), z, int(volume.shape[0]), predictor.planes)
         predictor.runner.disagreement = disagreement
         try:
             out = plan.probabilities(raw, low, high)

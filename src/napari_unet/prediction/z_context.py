@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["AUTO_SIGMA", "check_z_smoothing", "resolve_z_sigma", "smooth_stack", "walk_z", "z_similarity"]
+__all__ = ["AUTO_SIGMA", "check_z_smoothing", "input_planes", "resolve_z_sigma", "smooth_stack", "walk_z",
+           "z_similarity"]
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -104,6 +105,15 @@ def z_window(z: int, depth: int, radius: int) -> list[int]:
         i %= period
         out.append(i if i < depth else period - 1 - i)
     return out
+
+
+def input_planes(read: Callable[[int], np.ndarray], z: int, depth: int, n_slices: int) -> np.ndarray:
+    """What a network with ``n_slices`` input slices reads for slice ``z``: ``read(z)`` as
+    it is for 1, else ``(n_slices, Y, X)``, the neighbours mirrored at the stack ends
+    (:func:`z_window`), as training and every prediction path cut them."""
+    if n_slices == 1:
+        return read(z)
+    return np.stack([read(i) for i in z_window(z, depth, n_slices // 2)])
 
 
 def smooth_z(slices: list[np.ndarray], weights: np.ndarray) -> np.ndarray:

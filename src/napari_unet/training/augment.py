@@ -196,30 +196,34 @@ def augment_patch(
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """Randomly augment one training patch and its label-like companions.
 
-    ``image`` is warped with cubic interpolation; every array in ``nearest``
-    (class targets with -1 = ignore, weight maps) is warped with
-    nearest-neighbour so class ids and weights keep their exact original
-    values.  Geometry is identical for all arrays; intensity jitter touches the
-    image only.  Deterministic given the state of ``rng``.
+    ``image`` is ``(H, W)`` or ``(C, H, W)`` (a slice and its neighbours, see
+    ``UNetConfig.input_slices``; every plane moves the same way) and is warped
+    with cubic interpolation; every array in ``nearest`` (class targets with
+    -1 = ignore, weight maps) is warped with nearest-neighbour so class ids and
+    weights keep their exact original values.  Geometry is identical for all
+    arrays; intensity jitter touches the image only.  Deterministic given the
+    state of ``rng``.
     """
     image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"image must be 2D (H, W), got shape {image.shape}")
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be 2D (H, W) or (C, H, W), got shape {image.shape}")
+    h, w = image.shape[-2:]
     others = [np.asarray(a) for a in nearest]
     for i, arr in enumerate(others):
-        if arr.shape != image.shape:
+        if arr.shape != (h, w):
             raise ValueError(
-                f"nearest[{i}] has shape {arr.shape}, expected image shape {image.shape}")
-    h, w = image.shape
+                f"nearest[{i}] has shape {arr.shape}, expected image shape {(h, w)}")
     img = image.astype(np.float32, copy=False)
 
     if config.elastic and config.elastic_sigma > 0:
         coords = elastic_displacement((h, w), rng, config.elastic_grid, config.elastic_sigma)
         coords += _base_grid(h, w)
-        # A single map_coordinates call on the image => the spline prefilter
-        # runs once.
-        img = ndimage.map_coordinates(img, coords, order=3, mode="reflect",
-                                      output=np.float32)
+        # One map_coordinates call per plane => the spline prefilter runs once each.
+        if img.ndim == 2:
+            img = ndimage.map_coordinates(img, coords, order=3, mode="reflect", output=np.float32)
+        else:
+            img = np.stack([ndimage.map_coordinates(plane, coords, order=3, mode="reflect",
+                                                    output=np.float32) for plane in img])
         # Nearest-neighbour lookup is the same for every companion array, so
         # compute the source indices once (equivalent to order=0,
         # mode="reflect") and gather; original values/dtypes are kept exactly.
@@ -231,17 +235,17 @@ def augment_patch(
     if config.flips:
         flip_y, flip_x = rng.random(2) < 0.5
         if flip_y:
-            img = img[::-1]
+            img = img[..., ::-1, :]
             others = [a[::-1] for a in others]
         if flip_x:
-            img = img[:, ::-1]
+            img = img[..., ::-1]
             others = [a[:, ::-1] for a in others]
 
     if config.rot90:
         # Non-square patches can only be rotated by 0/180 without changing shape.
         k = int(rng.integers(4)) if h == w else 2 * int(rng.integers(2))
         if k:
-            img = np.rot90(img, k)
+            img = np.rot90(img, k, axes=(-2, -1))
             others = [np.rot90(a, k) for a in others]
 
     if config.intensity and rng.random() < config.p_intensity:

@@ -75,6 +75,10 @@ class TrainingConfig:
     keep: Literal["last", "best"] = "last"
     selection_tolerance: float = 0.01
     seed: int = 0
+    # slices the network reads for each one (2.5D, see UNetConfig.input_slices): None keeps
+    # the starting model's (1 for a new one); a 2D checkpoint fine-tuned with 3 starts as
+    # the same function (the neighbours' weights start at zero) and learns to use them
+    input_slices: int | None = None
     device: str = "auto"
     amp: bool = True
     prefetch: int = 3
@@ -104,6 +108,10 @@ class TrainingConfig:
             raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
         if self.val_every is not None and (not _is_int(self.val_every) or self.val_every < 1):
             raise ValueError(f"val_every must be a positive integer or None, got {self.val_every!r}")
+        if self.input_slices is not None and (
+            not _is_int(self.input_slices) or not 1 <= self.input_slices <= 15 or self.input_slices % 2 == 0
+        ):
+            raise ValueError(f"input_slices must be None or an odd number from 1 to 15, got {self.input_slices!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.annotation, AnnotationSettings):

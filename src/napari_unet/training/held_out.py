@@ -102,7 +102,8 @@ def held_out_dice(
 ) -> float:
     """Mean :func:`foreground_dice` of ``model`` over the validation regions ``val``.
 
-    ``normalised(z)`` gives slice ``z`` as the network sees it. The model is put in
+    ``normalised(z)`` gives slice ``z`` as the network sees it (with its
+    neighbours for a 2.5D network). The model is put in
     eval mode for the prediction and back in train mode afterwards.
     """
     from ..prediction.overlap_tile import TilePredictor
@@ -115,14 +116,14 @@ def held_out_dice(
     scores = []
     margin = model.margin
     for z, (ry, rx), target in val:
-        img = normalised(z)
-        h, w = img.shape
+        img = normalised(z)  # (Y, X), or (planes, Y, X) for a 2.5D network
+        h, w = img.shape[-2:]
         y0, y1, _ = ry.indices(h)
         x0, x1, _ = rx.indices(w)
         # predict the region with real context around it, then cut the region out
         cy0, cx0 = max(0, y0 - margin), max(0, x0 - margin)
         cy1, cx1 = min(h, y1 + margin), min(w, x1 + margin)
-        probs = predictor.predict_slice(img[cy0:cy1, cx0:cx1])
+        probs = predictor.predict_slice(img[..., cy0:cy1, cx0:cx1])
         pred = probs.argmax(0)[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
         scores.append(foreground_dice(pred, target, model.config.n_classes))
     model.train()

@@ -27,7 +27,7 @@ _AUG_BORDER = 16
 class SliceData:
     """One annotated slice, padded once so any window can be cut without bounds checks."""
 
-    image: np.ndarray  # float32, normalised, padded by `pad`
+    image: np.ndarray  # float32 (C, H, W), normalised, padded by `pad` in y and x
     target: np.ndarray  # int64, padded with IGNORE
     weight: np.ndarray  # float32, padded with 0
     pad: int
@@ -67,17 +67,19 @@ class PatchSampler:
         pad = self.input_size + border
         self.slices: list[SliceData] = []
         for i, (img, tgt, wgt) in enumerate(zip(images, targets, weights)):
+            img = img if img.ndim == 3 else img[None]  # (C, H, W): a slice and its neighbours
             classes = {int(c): np.flatnonzero(tgt == c) for c in np.unique(tgt) if c != IGNORE}
             classes = {c: idx for c, idx in classes.items() if idx.size}
             if not classes:
                 continue
             self.slices.append(
                 SliceData(
-                    image=np.pad(img.astype(np.float32, copy=False), pad, mode="reflect"),
+                    image=np.pad(img.astype(np.float32, copy=False), ((0, 0), (pad, pad), (pad, pad)),
+                                 mode="reflect"),
                     target=np.pad(tgt, pad, mode="constant", constant_values=IGNORE),
                     weight=np.pad(wgt.astype(np.float32, copy=False), pad, mode="constant"),
                     pad=pad,
-                    shape=img.shape,
+                    shape=img.shape[1:],
                     classes=classes,
                     z=zs[i] if zs is not None else i,
                 )
@@ -109,9 +111,9 @@ class PatchSampler:
         return cy, cx
 
     def sample(self, batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """A batch: inputs (B, 1, n, n) float32, targets (B, o, o) int64, weights (B, o, o) float32."""
+        """A batch: inputs (B, C, n, n) float32, targets (B, o, o) int64, weights (B, o, o) float32."""
         n, o, m, b = self.input_size, self.output_size, self.margin, self._border
-        xs = np.empty((batch_size, 1, n, n), np.float32)
+        xs = np.empty((batch_size, self.slices[0].image.shape[0], n, n), np.float32)
         ts = np.empty((batch_size, o, o), np.int64)
         ws = np.empty((batch_size, o, o), np.float32)
         for i in range(batch_size):
@@ -124,12 +126,14 @@ class PatchSampler:
             y0 = cy - o // 2 - m - b + s.pad
             x0 = cx - o // 2 - m - b + s.pad
             win = (slice(y0, y0 + n + 2 * b), slice(x0, x0 + n + 2 * b))
-            img, tgt, wgt = s.image[win], s.target[win], s.weight[win]
+            img, tgt, wgt = s.image[(slice(None), *win)], s.target[win], s.weight[win]
+            if img.shape[0] == 1:
+                img = img[0]  # one plane: the 2D path, bit for bit as before
             if self.augment is not None:
                 img, (tgt, wgt) = augment_patch(img, [tgt, wgt], self.rng, self.augment)
             inner = slice(b, b + n)
             out = slice(b + m, b + m + o)
-            xs[i, 0] = img[inner, inner]
+            xs[i] = img[..., inner, inner]
             ts[i] = tgt[out, out]
             ws[i] = wgt[out, out]
         return xs, ts, ws

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +34,35 @@ def starting_point(
     resume: bool,
     iterations: int,
     seed: int,
+    input_slices: int | None = None,
 ) -> StartingPoint:
     """The network for ``n_classes`` classes: from ``init`` (its architecture kept, the
     head re-initialised when the classes differ) or, without one, a new ``model``
     seeded with ``seed``. ``resume`` continues ``init``'s own run, which must have
-    run fewer than ``iterations``."""
+    run fewer than ``iterations``. ``input_slices`` (None: the model's own) widens
+    a 2D network to read neighbouring slices (see :func:`transfer_weights`)."""
     if init is None:
         if resume:
             raise ValueError("resume needs a checkpoint to resume from (init=...)")
         torch.manual_seed(seed)
-        return StartingPoint(UNet((model or UNetConfig()).with_classes(n_classes)))
+        config = (model or UNetConfig()).with_classes(n_classes)
+        if input_slices is not None:
+            config = replace(config, input_slices=input_slices)
+        return StartingPoint(UNet(config))
     base = load_checkpoint(init) if isinstance(init, (str, Path)) else init
     if model is not None and model != base.config:
         raise ValueError(
             "give either a model config (train from scratch) or a checkpoint to start from, not both"
         )
-    net = UNet(base.config.with_classes(n_classes))
+    config = base.config.with_classes(n_classes)
+    if input_slices is not None and input_slices != config.input_slices:
+        if resume:
+            raise ValueError(
+                f"cannot resume with {input_slices} input slices: the checkpoint reads "
+                f"{config.input_slices}; fine-tune from it instead (resume=False)"
+            )
+        config = replace(config, input_slices=input_slices)
+    net = UNet(config)
     skipped = transfer_weights(base.model, net)
     if not resume:
         return StartingPoint(net, skipped)

@@ -23,6 +23,7 @@ from ..model.checkpoint import TrainedModel
 from ..model.config import FINETUNE_LEARNING_RATE, UNetConfig
 from ..model.normalization import Normalization
 from ..model.unet import UNet
+from ..prediction.z_context import input_planes
 from .annotations import class_names_for, n_classes_for, prepare_slices
 from .config import HARDWARE_FIELDS as HARDWARE_FIELDS
 from .config import TrainEvent, TrainingConfig
@@ -74,7 +75,8 @@ class Trainer(RunResults):
         self.slices = prepare_slices(self.labels, settings)
         n_classes = n_classes_for(self.labels, settings)
         start = starting_point(
-            n_classes, model=model, init=init, resume=resume, iterations=cfg.iterations, seed=cfg.seed
+            n_classes, model=model, init=init, resume=resume, iterations=cfg.iterations, seed=cfg.seed,
+            input_slices=cfg.input_slices,
         )
         self.model: UNet = start.model
         self.reinitialised = start.reinitialised
@@ -121,6 +123,10 @@ class Trainer(RunResults):
 
     # -- the loop ----------------------------------------------------------
     def _normalised(self, z: int) -> np.ndarray:
+        """Slice ``z`` as the network reads it: normalised, with its neighbours for a 2.5D network."""
+        return input_planes(self._normalised_slice, z, int(self.stack.shape[0]), self.model.config.input_slices)
+
+    def _normalised_slice(self, z: int) -> np.ndarray:
         sl = np.asarray(self.stack[z])
         check_finite(sl, "image", f" (slice {z})")
         return Normalization.apply(sl, self.normalization.low, self.normalization.high)
