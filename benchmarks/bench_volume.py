@@ -16,7 +16,7 @@ worker first). ``--model tiny`` is a small random network for quick runs;
 speed does not depend on what a network has learned. Quick check:
 
     python benchmarks/bench_volume.py --gb 0.01 --shape 256 256 --model tiny
-    python benchmarks/bench_volume.py --gb 2 --block-z 16          # the real one (hours on 2 cores)
+    python benchmarks/bench_volume.py --gb 2 --model tiny --kill --instances-3d   # 76 min on 2 cores
 """
 
 from __future__ import annotations
