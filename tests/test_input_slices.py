@@ -146,3 +146,21 @@ def test_volume_blocks_and_xy_windows_read_neighbours_across_their_borders(tmp_p
     np.testing.assert_array_equal(outputs["z"], outputs["xy"])
     whole = napari_unet.predict(path, stack, probabilities=True, z_smoothing=0).probabilities
     np.testing.assert_array_equal(outputs["z"], (1.0 - np.asarray(whole)[:, 0]).astype(np.float16))
+
+
+def test_a_walk_reads_every_slice_once_and_the_tile_predictor_cuts_the_same_planes(stack):
+    from napari_unet.prediction.overlap_tile import TilePredictor
+    from napari_unet.prediction.z_context import PlaneReader
+
+    reads: list[int] = []
+    reader = PlaneReader(lambda i: reads.append(i) or np.full((2, 2), i), 5, 3)
+    assert [reader(z)[:, 0, 0].tolist() for z in range(5)] == [
+        [0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4]]
+    assert reads == [0, 1, 2, 3, 4]
+    norm = (stack.astype(np.float32) - 128) / 64
+    predictor = TilePredictor(_model().model, device="cpu", batch_size=2)
+    whole = predictor.predict(norm)
+    np.testing.assert_array_equal(whole[2], predictor.predict_slice(norm[1:4]))
+    np.testing.assert_array_equal(whole[0], predictor.predict_slice(norm[[0, 0, 1]]))
+    with pytest.raises(ValueError, match=r"expected \(3, Y, X\)"):
+        predictor.predict_slice(norm[0])

@@ -129,10 +129,10 @@ def predict_slice(
     if z is None or n == 1:
         plane = np.asarray(image if z is None else image[z])
         return predict(model, plane, device=device, batch_size=batch_size, probabilities=False).semantic
-    from ..prediction.z_context import z_window
+    from ..prediction.z_context import input_planes
 
     # the slice's window as a small stack: its middle slice reads exactly these planes
-    window = np.stack([np.asarray(image[i]) for i in z_window(z, int(image.shape[0]), n // 2)])
+    window = input_planes(lambda i: np.asarray(image[i]), z, int(image.shape[0]), n)
     return predict(model, window, slices=[n // 2], device=device, batch_size=batch_size,
                    probabilities=False).semantic[n // 2]
 

@@ -13,6 +13,16 @@ Padding = Literal["valid", "same"]
 Norm = Literal["none", "batch", "group"]
 
 _PADDINGS = ("valid", "same")
+MAX_INPUT_SLICES = 15
+
+
+def check_input_slices(value: Any, name: str = "input_slices") -> int:
+    """An odd number of slices from 1 to :data:`MAX_INPUT_SLICES` (the slice and as many
+    neighbours on each side), or ValueError."""
+    if (not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_INPUT_SLICES
+            or value % 2 == 0):
+        raise ValueError(f"{name} must be an odd number from 1 to {MAX_INPUT_SLICES}, got {value!r}")
+    return value
 _NORMS = ("none", "batch", "group")
 
 
@@ -55,9 +65,7 @@ class UNetConfig:
     input_slices: int = 1
 
     def __post_init__(self) -> None:
-        if (not isinstance(self.input_slices, int) or isinstance(self.input_slices, bool)
-                or self.input_slices < 1 or self.input_slices % 2 == 0 or self.input_slices > 15):
-            raise ValueError(f"input_slices must be an odd number from 1 to 15, got {self.input_slices!r}")
+        check_input_slices(self.input_slices)
         if not isinstance(self.in_channels, int) or self.in_channels < 1:
             raise ValueError(f"in_channels must be a positive integer, got {self.in_channels!r}")
         if not isinstance(self.n_classes, int) or self.n_classes < 2:

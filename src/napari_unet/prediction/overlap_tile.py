@@ -43,6 +43,7 @@ from .tile_plan import (
 )
 from .tile_runner import NoticeCallback, TileRunner, resolve_precision
 from .tiling import BLEND_KINDS, blend_window
+from .z_context import PlaneReader
 
 ProgressCallback = Callable[[int, int], None]
 StopCallback = Callable[[], bool]
@@ -255,14 +256,6 @@ def _check_slice(image: Any, planes: int = 1) -> np.ndarray:
     return image.astype(np.float32, copy=False)
 
 
-def _stack_input(stack: Any, z: int, planes: int) -> np.ndarray:
-    """Slice ``z`` of a stack as the network reads it: with its neighbours (mirrored at
-    the stack ends) when it reads several slices."""
-    from .z_context import input_planes
-
-    return input_planes(lambda i: np.asarray(stack[i]), z, int(stack.shape[0]), planes)
-
-
 def _check_out(out: Any, shape: tuple[int, ...]) -> None:
     if tuple(out.shape) != shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {shape}")
@@ -405,8 +398,9 @@ class TilePredictor:
         _check_dtype(stack.dtype)
         per_slice = self.n_tiles(shape)
         total = per_slice * shape[0]
+        reader = PlaneReader(lambda i: np.asarray(stack[i]), shape[0], self.planes)  # each slice once
         for z in range(shape[0]):
-            image = _check_slice(_stack_input(stack, z, self.planes), self.planes)
+            image = _check_slice(reader(z), self.planes)
             yield z, _predict_slice(self, image, z * per_slice, total, per_slice)
 
     def predict(self, image: Any, out: np.ndarray | None = None) -> np.ndarray:

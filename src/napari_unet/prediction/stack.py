@@ -29,7 +29,7 @@ from ..devices import release_memory, resolve_device
 from ..errors import Cancelled
 from ..model.normalization import Normalization
 from .settings import PredictionSettings
-from .z_context import input_planes, resolve_z_sigma, walk_z
+from .z_context import PlaneReader, resolve_z_sigma, walk_z
 
 StopCallback = Callable[[], bool]
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
@@ -154,7 +154,6 @@ class StackPrediction:
         self.network_seconds = 0.0
         self.n_objects = 0
         self.z_sigma = 0.0  # resolved from settings.z_smoothing when the walk starts
-        self._read: dict[int, np.ndarray] = {}  # raw slices a 2.5D network still needs
 
     def _stop_requested(self) -> bool:
         return self.should_stop is not None and bool(self.should_stop())
@@ -173,6 +172,7 @@ class StackPrediction:
         self.statistics_seconds = time.perf_counter() - t0
         whole = len(self.zs) == int(self.stack.shape[0])
         self.z_sigma = resolve_z_sigma(settings.z_smoothing, self.stack, whole)
+        self._planes = PlaneReader(self._raw, int(self.stack.shape[0]), self.engine.predictor.planes)
         # probabilities smoothed along z when z_sigma > 0; the uncertainty is the slice's own
         walk = walk_z(self.zs, int(self.stack.shape[0]), self.z_sigma, self._slice)
         for z, probs, (_, uncertainty) in walk:
@@ -198,21 +198,16 @@ class StackPrediction:
         neighbours when the network reads several slices)."""
         if self._stop_requested():
             raise Cancelled("prediction cancelled")
-        n = self.engine.predictor.planes
-        raw = input_planes(self._raw, z, int(self.stack.shape[0]), n)
-        for i in [k for k in self._read if k < z - n // 2]:  # the walk goes up: drop what it passed
-            del self._read[i]
+        raw = self._planes(z)
         t1 = time.perf_counter()
         out = self._network(Normalization.apply(raw, self.low, self.high))
         self.network_seconds += time.perf_counter() - t1
         return out
 
     def _raw(self, z: int) -> np.ndarray:
-        """Slice ``z`` as stored, checked; kept while neighbouring slices still read it."""
-        raw = self._read.get(z)
-        if raw is None:
-            raw = self._read[z] = np.asarray(self.stack[z])
-            check_finite(raw, "image", f" (slice {z})")
+        """Slice ``z`` as stored, checked."""
+        raw = np.asarray(self.stack[z])
+        check_finite(raw, "image", f" (slice {z})")
         return raw
 
     def _network(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

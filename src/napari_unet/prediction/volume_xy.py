@@ -115,7 +115,7 @@ def predict_window(engine: Any, volume: Any, zs: range, window: Window, settings
     """
     from .postprocess import semantic_labels
     from .uncertainty import normalized_entropy, tta_disagreement
-    from .z_context import input_planes, resolve_z_sigma, walk_z
+    from .z_context import PlaneReader, resolve_z_sigma, walk_z
 
     if engine.closed:
         raise RuntimeError("this PredictionEngine is closed; build a new one")
@@ -126,10 +126,11 @@ def predict_window(engine: Any, volume: Any, zs: range, window: Window, settings
         raise ValueError("the TTA disagreement needs a TilePredictor with tta=True")
     plan = WindowPredictor(predictor, volume.shape[1:], window)
     n = predictor.n_classes
+    # with its neighbours for a network that reads several slices, each read once
+    planes = PlaneReader(lambda i: plan.read(volume, i), int(volume.shape[0]), predictor.planes)
 
     def one(z: int) -> tuple[np.ndarray, np.ndarray]:
-        # with its neighbours for a network that reads several slices
-        raw = input_planes(lambda i: plan.read(volume, i), z, int(volume.shape[0]), predictor.planes)
+        raw = planes(z)
         predictor.runner.disagreement = disagreement
         try:
             out = plan.probabilities(raw, low, high)

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["AUTO_SIGMA", "check_z_smoothing", "input_planes", "resolve_z_sigma", "smooth_stack", "walk_z",
-           "z_similarity"]
+__all__ = ["AUTO_SIGMA", "PlaneReader", "check_z_smoothing", "input_planes", "resolve_z_sigma",
+           "smooth_stack", "walk_z", "z_similarity"]
 
 
 def _corr(a: np.ndarray, b: np.ndarray) -> float:
@@ -114,6 +114,32 @@ def input_planes(read: Callable[[int], np.ndarray], z: int, depth: int, n_slices
     if n_slices == 1:
         return read(z)
     return np.stack([read(i) for i in z_window(z, depth, n_slices // 2)])
+
+
+class PlaneReader:
+    """:func:`input_planes` for a walk up a stack, reading every slice once.
+
+    A network that reads ``n_slices`` per slice needs each slice again for its
+    neighbours, so a slice is kept until the walk has passed it; a 2D network
+    (one slice) keeps nothing.
+    """
+
+    def __init__(self, read: Callable[[int], np.ndarray], depth: int, n_slices: int) -> None:
+        self.read, self.depth, self.n_slices = read, int(depth), int(n_slices)
+        self._kept: dict[int, np.ndarray] = {}
+
+    def __call__(self, z: int) -> np.ndarray:
+        if self.n_slices == 1:
+            return self.read(z)
+        planes = input_planes(self._kept_read, z, self.depth, self.n_slices)
+        for i in [k for k in self._kept if k < z - self.n_slices // 2]:
+            del self._kept[i]
+        return planes
+
+    def _kept_read(self, i: int) -> np.ndarray:
+        if i not in self._kept:
+            self._kept[i] = self.read(i)
+        return self._kept[i]
 
 
 def smooth_z(slices: list[np.ndarray], weights: np.ndarray) -> np.ndarray:

@@ -219,11 +219,8 @@ def augment_patch(
         coords = elastic_displacement((h, w), rng, config.elastic_grid, config.elastic_sigma)
         coords += _base_grid(h, w)
         # One map_coordinates call per plane => the spline prefilter runs once each.
-        if img.ndim == 2:
-            img = ndimage.map_coordinates(img, coords, order=3, mode="reflect", output=np.float32)
-        else:
-            img = np.stack([ndimage.map_coordinates(plane, coords, order=3, mode="reflect",
-                                                    output=np.float32) for plane in img])
+        img = np.stack([ndimage.map_coordinates(plane, coords, order=3, mode="reflect", output=np.float32)
+                        for plane in img.reshape(-1, h, w)]).reshape(img.shape)
         # Nearest-neighbour lookup is the same for every companion array, so
         # compute the source indices once (equivalent to order=0,
         # mode="reflect") and gather; original values/dtypes are kept exactly.

@@ -14,6 +14,7 @@ from typing import Any, Callable, Literal, Mapping
 import numpy as np
 
 from .. import devices
+from ..model.config import check_input_slices
 from ..model.normalization import Normalization
 from .annotations import AnnotationSettings
 from .augment import AugmentConfig
@@ -108,10 +109,8 @@ class TrainingConfig:
             raise ValueError(f"warmup must be an integer >= 0, got {self.warmup!r}")
         if self.val_every is not None and (not _is_int(self.val_every) or self.val_every < 1):
             raise ValueError(f"val_every must be a positive integer or None, got {self.val_every!r}")
-        if self.input_slices is not None and (
-            not _is_int(self.input_slices) or not 1 <= self.input_slices <= 15 or self.input_slices % 2 == 0
-        ):
-            raise ValueError(f"input_slices must be None or an odd number from 1 to 15, got {self.input_slices!r}")
+        if self.input_slices is not None:
+            check_input_slices(self.input_slices)
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.annotation, AnnotationSettings):
