@@ -5,7 +5,7 @@ Writes a synthetic uint8 OME-Zarr volume of ``--gb`` GiB (slices of
 runs :func:`~napari_unet.prediction.volume.segment_volume` on a fresh
 LocalCluster of 1 and then of 2 single-threaded worker processes and prints,
 for each: throughput (MB/s of input, slices/s), peak RSS of each worker
-(``ru_maxrss``, read in the workers) and the 2-worker/1-worker speed ratio.
+(``VmHWM``, read in the workers) and the 2-worker/1-worker speed ratio.
 The 2-worker outputs must be bit-identical to the 1-worker outputs (exit
 status 1 and a loud message otherwise). ``--kill`` SIGKILLs one worker of the
 2-worker run once a block is recorded (the nanny restarts it, dask reruns its
@@ -66,11 +66,18 @@ def model_path(name: str, folder: Path) -> str:
     return str(TrainedModel(UNet(preset("tiny"))).save(folder / "tiny.pt"))
 
 
-def _peak_rss_mb() -> float:
-    """Runs in a worker: its peak resident memory (Linux: ru_maxrss in KiB)."""
-    import resource
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux ``VmHWM``).
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Not ``ru_maxrss``: Linux carries that across fork and exec, so a dask
+    worker spawned by a process that once held 1.6 GB reports 1.6 GB before it
+    has done anything. ``VmHWM`` belongs to the process's own address space.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def _killer(records: Path, total: int, client: Any, log: dict[str, Any], stop: threading.Event) -> None:
@@ -121,7 +128,7 @@ def run(n_workers: int, model: str, source: Path, out: Path, args: argparse.Name
         if killer is not None:
             killer.join()
             client.wait_for_workers(n_workers, timeout=120)
-        rss = sorted(client.run(_peak_rss_mb).values())
+        rss = sorted(client.run(peak_rss_mb).values())
     if result.status != "done":
         raise SystemExit(f"segment_volume ended with {result.status}: {result.reason}")
     return {"seconds": seconds, "rss_mb": rss, **log}

@@ -302,26 +302,35 @@ def _as_options(settings: Any) -> BatchOptions:
 
 
 def _wait_all(client: Any, futures: list[Any], should_stop: StopCallback | None) -> list[Any]:
-    """Results in order; a task's exception is raised here, a stop cancels what is left."""
+    """Results in order; a task's exception is raised here, a stop cancels what is left.
+
+    Each result is fetched as its task completes and the future dropped at once
+    (``futures`` is emptied), so a worker frees it then: were the results all
+    gathered at the end, every worker would hold its share of them (the edge
+    lists of a 3D-instance finish: memory growing with the volume).
+    """
     from distributed import wait
 
+    results: list[Any] = [None] * len(futures)
+    index = {fut.key: i for i, fut in enumerate(futures)}
     pending = list(futures)
+    futures.clear()
     try:
         while pending:
             if should_stop is not None and should_stop():
                 raise Cancelled("volume prediction cancelled; run again to resume")
             try:
-                _, not_done = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+                done, not_done = wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
             except TimeoutError:
                 continue
-            for fut in pending:
-                if fut.status == "error":
-                    fut.result()  # raises the worker's exception (e.g. NaN in slice z)
             pending = list(not_done)
+            for fut in done:
+                results[index[fut.key]] = fut.result()  # raises the worker's exception (e.g. NaN in slice z)
+            del done
     finally:
         if pending:
             client.cancel(pending)
-    return [f.result() for f in futures]
+    return results
 
 
 def _run_blocks(trained: Any, identity: dict[str, Any], job: VolumeJob, todo: list[Block],
