@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,3 +172,48 @@ def test_xy_blocks_match_whole_slices_bit_for_bit(tmp_path, data):
     assert prov["settings"]["block_xy"] == 48 and prov["settings"]["blocks"] == 8
     with pytest.raises(ValueError, match="instances cannot be computed with xy blocks"):
         segment_volume(data["model"], source, tmp_path / "i", settings=OPTIONS, block_xy=48)
+
+
+def _held_until(flag: str) -> str:
+    """A task that waits for the file ``flag`` (at most 60 s)."""
+    import os
+    import time
+
+    deadline = time.monotonic() + 60
+    while not os.path.exists(flag) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return "late"
+
+
+def test_finished_results_are_released_while_other_tasks_run(tmp_path):
+    """A worker must not hold every task's result until the last task ends (the edge
+    lists of a 3D-instance finish would make its memory grow with the volume)."""
+    import threading
+
+    from distributed import wait
+
+    from napari_unet.prediction.volume import _wait_all
+
+    flag = str(tmp_path / "go")
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        early = [client.submit(np.full, 1000, i, pure=False) for i in range(3)]
+        keys = {f.key for f in early}
+        futures = [*early, client.submit(_held_until, flag, pure=False)]
+        wait(early)  # finished (and known to the scheduler) before the wait starts
+        del early
+        out: dict = {}
+        waiter = threading.Thread(target=lambda: out.update(results=_wait_all(client, futures, None)))
+        waiter.start()
+        try:
+            deadline = time.monotonic() + 30
+            held = keys
+            while held and time.monotonic() < deadline:
+                held = keys & set(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.tasks)))
+                time.sleep(0.05)
+            assert not held, "the finished tasks' results were kept while another task ran"
+        finally:
+            Path(flag).touch()
+            waiter.join(60)
+    results = out["results"]
+    assert [int(r[0]) for r in results[:3]] == [0, 1, 2] and results[3] == "late"

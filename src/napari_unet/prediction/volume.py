@@ -326,7 +326,7 @@ def _wait_all(client: Any, futures: list[Any], should_stop: StopCallback | None)
             pending = list(not_done)
             for fut in done:
                 results[index[fut.key]] = fut.result()  # raises the worker's exception (e.g. NaN in slice z)
-            del done
+            done = fut = None  # the last references: the scheduler may now forget these results
     finally:
         if pending:
             client.cancel(pending)
