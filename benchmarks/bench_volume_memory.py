@@ -5,7 +5,8 @@ Segments synthetic OME-Zarr volumes of the same slice size and growing depth
 ``--block-z`` on a fresh LocalCluster of ``--workers`` single-threaded
 processes, and prints per volume: the time, each worker's peak resident
 memory (``VmHWM``, read in the worker: ``ru_maxrss`` would report the peak of
-the process that spawned it) and the client's peak while the run lasted (it
+the process that spawned it), the largest worker RSS sampled every 0.5 s
+while blocks are predicted and during the finish passes, and the client's peak while the run lasted (it
 holds the 3D-link table with ``--instances-3d``; its peak is reset before each
 run through ``/proc/self/clear_refs``). Exits 1 when the largest volume's
 worker peak exceeds the smallest's by more than ``--tolerance`` (default 25 %),
@@ -20,11 +21,33 @@ import argparse
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from bench_volume import make_volume, model_path, peak_rss_mb
+
+
+def current_rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux ``VmRSS``)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
+def _sample(client: Any, records: Path, total: int, phases: dict[str, float], stop: threading.Event) -> None:
+    """Every 0.5 s: the largest worker RSS, kept per phase (blocks until all are recorded, then finish)."""
+    while not stop.wait(0.5):
+        try:
+            rss = max(client.run(current_rss_mb).values())
+        except Exception:  # the cluster is closing
+            return
+        done = len(list(records.glob("*.json"))) if records.exists() else 0
+        phase = "blocks" if done < total else "finish"
+        phases[phase] = max(phases.get(phase, 0.0), rss)
 
 
 def _reset_peak() -> None:
@@ -37,9 +60,10 @@ def run(nz: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     """One volume of ``nz`` slices on a fresh cluster; times and peaks."""
     from distributed import Client, LocalCluster
 
+    from napari_unet.io.zarr_volume import zarr_stem
     from napari_unet.prediction.batch import BatchOptions, load_model
     from napari_unet.prediction.cluster import _worker_model
-    from napari_unet.prediction.volume import segment_volume
+    from napari_unet.prediction.volume import segment_volume, volume_blocks
 
     ny, nx = args.shape
     source, out = folder / f"vol{nz}.ome.zarr", folder / f"out{nz}"
@@ -53,10 +77,18 @@ def run(nz: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         client.run(_worker_model, identity["path"], identity["sha256"])
         idle = sorted(client.run(peak_rss_mb).values())
         _reset_peak()
+        phases: dict[str, float] = {}
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample, daemon=True, args=(
+            client, out / f"{zarr_stem(source)}_labels.zarr" / "napari_unet_blocks",
+            len(volume_blocks((nz, ny, nx), args.block_z, None)), phases, stop))
+        sampler.start()
         t0 = time.perf_counter()
         result = segment_volume(model, source, out, settings=options, block_z=args.block_z,
                                 client=client, instances_3d=args.instances_3d)
         seconds = time.perf_counter() - t0
+        stop.set()
+        sampler.join()
         client_peak = peak_rss_mb()
         workers = sorted(client.run(peak_rss_mb).values())
     if result.status != "done":
@@ -64,7 +96,7 @@ def run(nz: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     shutil.rmtree(source, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     return {"nz": nz, "mb": nz * ny * nx / 1e6, "seconds": seconds, "idle": idle,
-            "workers": workers, "client": client_peak}
+            "workers": workers, "client": client_peak, "phases": phases}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,11 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nblock: {args.block_z} x {args.shape[0]} x {args.shape[1]}; {args.workers} workers; "
           f"instances_3d={args.instances_3d}")
     print("| slices | input MB | time (s) | worker peak after model load (MB) | worker peak after the run (MB) "
-          "| client peak during the run (MB) |")
-    print("|---|---|---|---|---|---|")
+          "| largest worker RSS sampled: blocks / finish (MB) | client peak during the run (MB) |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
+        sampled = " / ".join(f"{r['phases'][k]:.0f}" if k in r["phases"] else "-" for k in ("blocks", "finish"))
         print(f"| {r['nz']} | {r['mb']:.0f} | {r['seconds']:.1f} | {', '.join(f'{v:.0f}' for v in r['idle'])} "
-              f"| {', '.join(f'{v:.0f}' for v in r['workers'])} | {r['client']:.0f} |")
+              f"| {', '.join(f'{v:.0f}' for v in r['workers'])} | {sampled} | {r['client']:.0f} |")
     small, large = max(rows[0]["workers"]), max(rows[-1]["workers"])
     growth = large / small - 1
     print(f"worker peak, largest / smallest volume ({rows[-1]['nz']} / {rows[0]['nz']} slices): "
