@@ -68,6 +68,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--label", default="run")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic stack and model (smoke run)")
+    ap.add_argument("--freeze-encoder", type=float, default=0.0, metavar="FRACTION",
+                    help="experiment: keep the encoder and bottom fixed for this share of the run "
+                         "(iterations or time budget), training the decoder and head alone; "
+                         "not an engine setting (no gain measured, BENCHMARKS section 9)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--save", type=Path, default=None, help="save the last mark's model here (.pt)")
     return ap.parse_args(argv)
@@ -120,8 +124,29 @@ def train_with_marks(trainer: Any, marks: list[float]) -> tuple[list[dict[str, A
     return snaps, train_s, last_it
 
 
+def freeze_encoder_for(fraction: float) -> None:
+    """Patch the training loop so the encoder and bottom stay fixed for ``fraction`` of the
+    run. Their steps then cost no backward pass: 2.3x faster steps measured on the CPU."""
+    from napari_unet.training import loop
+
+    original = loop.TrainingRun.iteration
+
+    def iteration(run: Any, it: int) -> Any:
+        frozen = max(it / run.trainer.config.iterations, run.time_fraction()) < fraction
+        if getattr(run, "_frozen", None) != frozen:
+            for part in (run.model.encoder, run.model.bottom):
+                for p in part.parameters():
+                    p.requires_grad_(not frozen)
+            run._frozen = frozen
+        return original(run, it)
+
+    loop.TrainingRun.iteration = iteration
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.freeze_encoder > 0:
+        freeze_encoder_for(args.freeze_encoder)
     if args.threads:
         import torch
 
@@ -164,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "dataset": dataset, "k": args.k, "painted": zs, "split": args.split, "scored_slices": scored,
         "init": args.init, "preset": None if args.init not in (None, "none") else args.preset,
         "overrides": overrides, "config": trainer.config.to_dict(), "label": args.label,
+        "freeze_encoder": args.freeze_encoder,
         "setup_s": round(setup_s, 2), "train_s": round(train_s, 1), "iterations": iterations,
         "threads": args.threads, "load_average": os.getloadavg(),
         "host": {"machine": platform.machine(), "python": platform.python_version(),
