@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--k", type=int, default=5, help="painted slices the model was trained on")
     ap.add_argument("--split", choices=("dev", "eval"), default="dev")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0, 0.5, 0.75, 1.0, 1.5, 2.0])
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[0.5],
+                    help="foreground probability thresholds to score (each with every sigma); each row "
+                         "also gives the painted slices' foreground Dice at that threshold")
     ap.add_argument("--orthoplanes", action="store_true", help="also score the xz/yz views and their means")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
@@ -58,9 +61,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for sigma in args.sigmas:
         q = smooth_stack(p, sigma)  # the engine's own smoothing (weights, window, mirroring)
-        row = {"sigma_z": sigma, **{k: round(v, 4) for k, v in metric(fg[scored], q[scored] > 0.5).items()}}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+        for threshold in args.thresholds:
+            row = {"sigma_z": sigma, **({} if args.thresholds == [0.5] else {
+                       "threshold": threshold, "painted_dice": round(_dice(fg[zs] > 0, q[zs] > threshold), 4)}),
+                   **{k: round(v, 4) for k, v in metric(fg[scored], q[scored] > threshold).items()}}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     if args.orthoplanes:
         rows += orthoplane_rows(args.model, image, p, lambda q: metric(fg[scored], q[scored] > 0.5))
     report = {"dataset": args.dataset, "model": args.model, "split": args.split, "scored": scored,
@@ -68,6 +74,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))
     return report
+
+
+def _dice(truth: np.ndarray, pred: np.ndarray) -> float:
+    """Foreground Dice (what a threshold chosen on the painted pixels would maximise)."""
+    return float(2 * np.count_nonzero(truth & pred) / max(1, np.count_nonzero(truth) + np.count_nonzero(pred)))
 
 
 def _view(model: str, image: np.ndarray, axes: tuple[int, int, int]) -> tuple[np.ndarray, float]:
