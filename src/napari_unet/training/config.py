@@ -64,6 +64,9 @@ class TrainingConfig:
     loss: LossName = "weighted_ce"
     annotation: AnnotationSettings = field(default_factory=AnnotationSettings)
     foreground_fraction: float = 0.33
+    # share of patches centred on painted pixels the current model gets wrong or is unsure
+    # of (hard-example mining; refreshed at validations, at most 4 % of the run's time)
+    hard_fraction: float = 0.0
     augment: AugmentConfig | None = field(default_factory=AugmentConfig)
     normalization: Normalization = field(default_factory=Normalization)
     val_fraction: float = 0.1
@@ -91,7 +94,7 @@ class TrainingConfig:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         # the type checks below matter for configs rebuilt from a checkpoint (from_dict),
         # which could otherwise carry a string or a list into the training loop
-        for name in ("learning_rate", "weight_decay", "foreground_fraction", "val_fraction",
+        for name in ("learning_rate", "weight_decay", "foreground_fraction", "hard_fraction", "val_fraction",
                      "selection_tolerance"):
             v = getattr(self, name)
             if not _is_number(v) or not math.isfinite(v):
@@ -127,6 +130,8 @@ class TrainingConfig:
             raise ValueError(f"selection_tolerance must be in [0, 1], got {self.selection_tolerance}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise ValueError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if not 0.0 <= self.hard_fraction <= 1.0:
+            raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         get_loss(self.loss)  # validates the name

@@ -6,11 +6,15 @@ the real image, mirrored at the image border exactly as at prediction time.
 A fraction of patches is centred on a random object/class pixel so that small
 or rare structures are seen often (nnU-Net oversamples foreground the same
 way); in scribbles mode every patch is centred on a stroke, with classes drawn
-uniformly, since most pixels there carry no label.
+uniformly, since most pixels there carry no label. With ``hard_fraction``, a
+share of patches is centred on painted pixels that the current model gets
+wrong or is unsure of (:meth:`PatchSampler.set_hard`, refreshed by the training
+loop), so that later steps spend less time on what is already learned.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,6 +56,7 @@ class PatchSampler:
         augment: AugmentConfig | None = None,
         seed: int = 0,
         zs: list[int] | None = None,
+        hard_fraction: float = 0.0,
     ) -> None:
         if not images:
             raise ValueError("no slices to sample from")
@@ -59,6 +64,12 @@ class PatchSampler:
         self.output_size = int(output_size)
         self.margin = (self.input_size - self.output_size) // 2
         self.foreground_fraction = float(foreground_fraction)
+        self.hard_fraction = float(hard_fraction)
+        # hard pixels per slice (flat unpadded indices), and updates waiting for their batch
+        self._hard: list[np.ndarray] | None = None
+        self._pending: list[tuple[int, list[np.ndarray]]] = []
+        self._lock = threading.Lock()
+        self._batches = 0  # batches drawn so far
         self.scribbles = scribbles
         self.augment = augment
         self.rng = np.random.default_rng(seed)
@@ -90,6 +101,53 @@ class PatchSampler:
         counts = np.array([sum(len(v) for v in s.classes.values()) for s in self.slices], float)
         self._slice_p = counts / counts.sum()
 
+    def set_hard(self, pixels: list[np.ndarray], from_batch: int) -> None:
+        """Centre ``hard_fraction`` of the patches on ``pixels`` (flat indices into each of
+        :attr:`slices`, in order) from batch number ``from_batch`` on (0-based).
+
+        Called from the training thread while batches are drawn in another: naming the
+        batch keeps a run reproducible for a seed, whatever the threads' timing, as long
+        as that batch has not been started yet.
+        """
+        if len(pixels) != len(self.slices):
+            raise ValueError(f"expected hard pixels for {len(self.slices)} slices, got {len(pixels)}")
+        with self._lock:
+            if from_batch < self._batches:
+                raise ValueError(f"batch {from_batch} was already drawn ({self._batches} so far)")
+            self._pending.append((int(from_batch), [np.asarray(p, np.int64) for p in pixels]))
+            self._pending.sort(key=lambda item: item[0])
+
+    def hard_pools(self) -> list[np.ndarray]:
+        """The latest hard pixels given to :meth:`set_hard` (pending ones included), or
+        empty pools."""
+        with self._lock:
+            latest = self._pending[-1][1] if self._pending else self._hard
+        return list(latest) if latest is not None else [np.zeros(0, np.int64) for _ in self.slices]
+
+    def unpadded_target(self, i: int) -> np.ndarray:
+        """Slice ``i``'s target without the sampler's padding."""
+        s = self.slices[i]
+        return s.target[s.pad:s.pad + s.shape[0], s.pad:s.pad + s.shape[1]]
+
+    def _apply_pending(self) -> None:
+        with self._lock:
+            while self._pending and self._pending[0][0] <= self._batches:
+                self._hard = self._pending.pop(0)[1]
+            self._batches += 1
+
+    def _hard_centre(self, i: int) -> tuple[int, int] | None:
+        """A centre on one of slice ``i``'s hard pixels, or None (not drawn this time)."""
+        if self.hard_fraction <= 0 or self._hard is None or not self._hard[i].size:
+            return None
+        if self.rng.random() >= self.hard_fraction:
+            return None
+        s = self.slices[i]
+        pool = self._hard[i]
+        cy, cx = divmod(int(pool[int(self.rng.integers(pool.size))]), s.shape[1])
+        half = self.output_size // 2
+        return (cy + int(self.rng.integers(-half // 2, half // 2 + 1)),
+                cx + int(self.rng.integers(-half // 2, half // 2 + 1)))
+
     def _centre(self, s: SliceData) -> tuple[int, int]:
         """Centre (unpadded coordinates) of the next output window."""
         fg_classes = [c for c in s.classes if c != 0]
@@ -116,9 +174,11 @@ class PatchSampler:
         xs = np.empty((batch_size, self.slices[0].image.shape[0], n, n), np.float32)
         ts = np.empty((batch_size, o, o), np.int64)
         ws = np.empty((batch_size, o, o), np.float32)
+        self._apply_pending()
         for i in range(batch_size):
-            s = self.slices[int(self.rng.choice(len(self.slices), p=self._slice_p))]
-            cy, cx = self._centre(s)
+            k = int(self.rng.choice(len(self.slices), p=self._slice_p))
+            s = self.slices[k]
+            cy, cx = self._hard_centre(k) or self._centre(s)
             h, w = s.shape
             cy = int(np.clip(cy, 0, h - 1))
             cx = int(np.clip(cx, 0, w - 1))

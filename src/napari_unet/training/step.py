@@ -131,6 +131,9 @@ class BatchFeed:
 
     def __init__(self, sampler: PatchSampler, n: int, *, batch_size: int, prefetch: int, pin: bool) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        #: How many batches past the last one taken the producer may have started:
+        #: the queue's batches and the one it is blocked putting.
+        self.ahead = max(1, prefetch) + 1
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=batch_producer, args=(sampler, self._queue, self._stop, n, batch_size, pin), daemon=True
