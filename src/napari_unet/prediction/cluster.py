@@ -35,6 +35,7 @@ from .batch import (
     resolve_model_path,
     segment_with_engine,
 )
+from .worker_memory import release_free_memory
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def _segment_task(
         return FileResult(path, "failed", reason="cancelled")
     finally:
         engine.close()
+        release_free_memory()  # a worker runs stack after stack: keep its memory flat
 
 
 def connect(scheduler: Any) -> tuple[Any, bool]:

@@ -40,6 +40,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -200,10 +201,14 @@ def _block_task(model_path: str, sha256: str, job: VolumeJob, z0: int, z1: int,
     """Runs on a worker: one block with the worker's cached model."""
     from .cluster import _worker_model
     from .stack import PredictionEngine
+    from .worker_memory import release_free_memory
 
     trained = _worker_model(model_path, sha256)
-    with PredictionEngine(trained, job.options.prediction()) as engine:
-        return predict_block(engine, job, z0, z1, window=window)
+    try:
+        with PredictionEngine(trained, job.options.prediction()) as engine:
+            return predict_block(engine, job, z0, z1, window=window)
+    finally:
+        release_free_memory()  # a worker runs block after block: keep its memory flat
 
 
 def _scratch_ids(job: VolumeJob, z0: int, z1: int, offset: int) -> np.ndarray:
@@ -358,7 +363,11 @@ def _map(client: Any, should_stop: StopCallback | None, fn: Callable[..., Any],
     """``fn(*a)`` for every ``a``: here in order, or one task each on the cluster."""
     if client is None:
         return [fn(*a) for a in args]
-    return _wait_all(client, [client.submit(fn, *a, pure=False) for a in args], should_stop)
+    from .worker_memory import trimmed
+
+    # named after fn (not the wrapper), as the scheduler's dashboard shows them
+    return _wait_all(client, [client.submit(trimmed, fn, *a, key=f"napari-unet-{fn.__name__}-{uuid.uuid4().hex}")
+                              for a in args], should_stop)
 
 
 def _finish_instances(job: VolumeJob, records: list[dict[str, Any]], client: Any,
