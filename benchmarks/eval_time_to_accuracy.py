@@ -143,6 +143,25 @@ def freeze_encoder_for(fraction: float) -> None:
     loop.TrainingRun.iteration = iteration
 
 
+def time_hard_pixels() -> list[float]:
+    """Record the seconds of each refresh of the hard pixels (``hard_fraction``), on the
+    training clock (the loop waits for them)."""
+    from napari_unet.training.trainer import Trainer
+
+    seconds: list[float] = []
+    original = Trainer._hard_pixels
+
+    def timed(trainer: Any, *args: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return original(trainer, *args)
+        finally:
+            seconds.append(round(time.perf_counter() - t, 2))
+
+    Trainer._hard_pixels = timed
+    return seconds
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if args.freeze_encoder > 0:
@@ -171,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         scored = fs.scored_slices(args.split, zs, n_train, image.shape[0])
         metric = fs.isbi_metrics_both if args.dataset == "isbi" else fs.lucchi_metrics
     labels = fs.painted_labels(fg, zs, n_train)
+    hard_s = time_hard_pixels()
     t_start = time.perf_counter()
     trainer = build_trainer(image[:n_train], labels, args, overrides)
     setup_s = time.perf_counter() - t_start
@@ -191,6 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "overrides": overrides, "config": trainer.config.to_dict(), "label": args.label,
         "freeze_encoder": args.freeze_encoder,
         "setup_s": round(setup_s, 2), "train_s": round(train_s, 1), "iterations": iterations,
+        "hard_pixels_s": hard_s,
         "threads": args.threads, "load_average": os.getloadavg(),
         "host": {"machine": platform.machine(), "python": platform.python_version(),
                  "cpus": os.cpu_count()},
