@@ -25,7 +25,7 @@ from .step import BatchFeed, Throughput
 if TYPE_CHECKING:
     from .trainer import Trainer
 
-__all__ = ["HARD_MARKS", "TrainingRun"]
+__all__ = ["HARD_MARKS", "TrainingRun", "refresh_hard_pixels"]
 
 #: Shares of a run after which the hard pixels (``hard_fraction``) are found again.
 HARD_MARKS = (0.05, 0.25, 0.5, 0.75)
@@ -117,7 +117,7 @@ class TrainingRun:
             is_best = self.consider(val, it + 1)
             self.last_validation = time.perf_counter()
             self.validation_s = self.last_validation - now
-            self._refresh_hard(it)
+            refresh_hard_pixels(self, it)
         if notice is not None:
             tr.notices.append(notice)
         self.last = TrainEvent(
@@ -127,26 +127,6 @@ class TrainingRun:
         )
         tr.history.append(self.last)
         return self.last
-
-    def _refresh_hard(self, it: int) -> None:
-        """After a validation that passed the next of :data:`HARD_MARKS` (the run's progress,
-        by iterations or by its time budget): the painted pixels the model now gets wrong,
-        for the sampler's hard patches. Decided by progress, not by the clock, so that
-        a run without a time budget stays reproducible."""
-        tr = self.trainer
-        cfg = tr.config
-        if cfg.hard_fraction <= 0 or self.next_hard >= len(HARD_MARKS):
-            return
-        progress = max((it + 1) / cfg.iterations, self.time_fraction())
-        if progress < HARD_MARKS[self.next_hard] or progress >= 1.0:
-            return
-        while self.next_hard < len(HARD_MARKS) and progress >= HARD_MARKS[self.next_hard]:
-            self.next_hard += 1
-        t = time.perf_counter()
-        self.hard_turn, pixels = tr._hard_pixels(self.sampler, self.hard_turn)
-        # the first batch the feed has not started yet (see PatchSampler.set_hard)
-        self.sampler.set_hard(pixels, from_batch=it - tr.start_iteration + 1 + self.feed.ahead)
-        self.hard_s += time.perf_counter() - t
 
     def finish(self) -> TrainEvent:
         """Settle the kept weights into the trainer's model and result; the final event."""
@@ -190,3 +170,24 @@ class TrainingRun:
         del self.model
         gc.collect()
         devices.release_memory(tr.device)
+
+
+def refresh_hard_pixels(run: TrainingRun, it: int) -> None:
+    """After a validation that passed the next of :data:`HARD_MARKS` (the run's progress,
+    by iterations or by its time budget): the painted pixels the model now gets wrong,
+    for the sampler's hard patches. Decided by progress, not by the clock, so that
+    a run without a time budget stays reproducible."""
+    tr = run.trainer
+    cfg = tr.config
+    if cfg.hard_fraction <= 0 or run.next_hard >= len(HARD_MARKS):
+        return
+    progress = max((it + 1) / cfg.iterations, run.time_fraction())
+    if progress < HARD_MARKS[run.next_hard] or progress >= 1.0:
+        return
+    while run.next_hard < len(HARD_MARKS) and progress >= HARD_MARKS[run.next_hard]:
+        run.next_hard += 1
+    t = time.perf_counter()
+    run.hard_turn, pixels = tr._hard_pixels(run.sampler, run.hard_turn)
+    # the first batch the feed has not started yet (see PatchSampler.set_hard)
+    run.sampler.set_hard(pixels, from_batch=it - tr.start_iteration + 1 + run.feed.ahead)
+    run.hard_s += time.perf_counter() - t
