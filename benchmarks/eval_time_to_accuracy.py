@@ -146,19 +146,19 @@ def freeze_encoder_for(fraction: float) -> None:
 def time_hard_pixels() -> list[float]:
     """Record the seconds of each refresh of the hard pixels (``hard_fraction``), on the
     training clock (the loop waits for them)."""
-    from napari_unet.training.trainer import Trainer
+    from napari_unet.training import loop
 
     seconds: list[float] = []
-    original = Trainer._hard_pixels
+    original = loop.refreshed_pools
 
-    def timed(trainer: Any, *args: Any) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
         t = time.perf_counter()
         try:
-            return original(trainer, *args)
+            return original(*args, **kwargs)
         finally:
             seconds.append(round(time.perf_counter() - t, 2))
 
-    Trainer._hard_pixels = timed
+    loop.refreshed_pools = timed
     return seconds
 
 

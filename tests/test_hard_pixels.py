@@ -37,9 +37,9 @@ def test_hard_pixels_start_at_the_named_batch_and_not_before():
     for _ in range(2):  # batches 0 and 1: exactly the sampler without hard pixels
         for a, b in zip(plain.sample(3), hard.sample(3)):
             np.testing.assert_array_equal(a, b)
-    assert hard._hard is None
+    assert hard.hard.current is None
     hard.sample(3)
-    assert hard._hard is not None and hard._hard[0].tolist() == [0, 1, 2]
+    assert hard.hard.current is not None and hard.hard.current[0].tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="already drawn"):
         hard.set_hard([np.array([5])], from_batch=1)
     with pytest.raises(ValueError, match="1 slices"):
@@ -95,17 +95,22 @@ def test_a_run_with_hard_patches_is_reproducible_and_refreshes(em_stack, em_labe
 
 
 def test_refreshes_take_the_slices_in_turn_within_a_pixel_budget(em_stack, em_labels, monkeypatch):
-    import napari_unet.training.trainer as trainer_module
+    import napari_unet.training.hard_pixels as hard_module
 
-    monkeypatch.setattr(trainer_module, "HARD_PIXELS_PER_REFRESH", 1)  # one slice per refresh
+    monkeypatch.setattr(hard_module, "HARD_PIXELS_PER_REFRESH", 1)  # one slice per refresh
     trainer = Trainer(em_stack.image, em_labels, TrainingConfig(iterations=4, patch_size=24, batch_size=2,
                                                                  hard_fraction=0.5), model=preset("tiny"))
     sampler = trainer._sampler()
     assert len(sampler.slices) == 2
-    turn, pools = trainer._hard_pixels(sampler, 0)
+
+    def refresh(sampler, turn):
+        return hard_module.refreshed_pools(trainer.model, sampler, turn, trainer._normalised, batch_size=2,
+                                           device=trainer.device, amp=False)
+
+    turn, pools = refresh(sampler, 0)
     assert turn == 1 and pools[1].size == 0  # slice 1 not predicted yet
     sampler.set_hard([pools[0], np.array([7])], from_batch=0)
-    turn, pools = trainer._hard_pixels(sampler, turn)
+    turn, pools = refresh(sampler, turn)
     assert turn == 0 and pools[1] is not None and pools[0].tolist() == sampler.hard_pools()[0].tolist()
     painted = np.flatnonzero(sampler.unpadded_target(1) != IGNORE)
     assert set(pools[1].tolist()) <= set(painted.tolist())

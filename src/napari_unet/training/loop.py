@@ -18,6 +18,7 @@ import torch
 
 from .. import devices
 from .config import TrainEvent
+from .hard_pixels import refreshed_pools
 from .kept_weights import KeptWeights, cpu_state
 from .losses import get_loss
 from .step import BatchFeed, Throughput
@@ -187,7 +188,8 @@ def refresh_hard_pixels(run: TrainingRun, it: int) -> None:
     while run.next_hard < len(HARD_MARKS) and progress >= HARD_MARKS[run.next_hard]:
         run.next_hard += 1
     t = time.perf_counter()
-    run.hard_turn, pixels = tr._hard_pixels(run.sampler, run.hard_turn)
+    run.hard_turn, pixels = refreshed_pools(tr.model, run.sampler, run.hard_turn, tr._normalised,
+                                            batch_size=cfg.batch_size, device=tr.device, amp=cfg.amp)
     # the first batch the feed has not started yet (see PatchSampler.set_hard)
     run.sampler.set_hard(pixels, from_batch=it - tr.start_iteration + 1 + run.feed.ahead)
     run.hard_s += time.perf_counter() - t

@@ -40,6 +40,41 @@ class SliceData:
     z: int
 
 
+class HardPools:
+    """Hard pixels per slice, and updates waiting for the batch they start from.
+
+    The training thread schedules an update while batches are drawn in another:
+    naming the batch keeps a run reproducible for a seed, whatever the threads'
+    timing, as long as that batch has not been started yet.
+    """
+
+    def __init__(self) -> None:
+        self.current: list[np.ndarray] | None = None  # flat unpadded indices per slice
+        self._pending: list[tuple[int, list[np.ndarray]]] = []
+        self._lock = threading.Lock()
+        self._batches = 0  # batches started so far
+
+    def schedule(self, pixels: list[np.ndarray], from_batch: int) -> None:
+        with self._lock:
+            if from_batch < self._batches:
+                raise ValueError(f"batch {from_batch} was already drawn ({self._batches} so far)")
+            self._pending.append((int(from_batch), [np.asarray(p, np.int64) for p in pixels]))
+            self._pending.sort(key=lambda item: item[0])
+
+    def latest(self) -> list[np.ndarray] | None:
+        """The newest pools, pending ones included."""
+        with self._lock:
+            return list(self._pending[-1][1]) if self._pending else (
+                None if self.current is None else list(self.current))
+
+    def next_batch(self) -> None:
+        """A batch starts: take the updates scheduled for it."""
+        with self._lock:
+            while self._pending and self._pending[0][0] <= self._batches:
+                self.current = self._pending.pop(0)[1]
+            self._batches += 1
+
+
 class PatchSampler:
     """Draws augmented (input, target, weight) batches, deterministic for a seed."""
 
@@ -65,11 +100,6 @@ class PatchSampler:
         self.margin = (self.input_size - self.output_size) // 2
         self.foreground_fraction = float(foreground_fraction)
         self.hard_fraction = float(hard_fraction)
-        # hard pixels per slice (flat unpadded indices), and updates waiting for their batch
-        self._hard: list[np.ndarray] | None = None
-        self._pending: list[tuple[int, list[np.ndarray]]] = []
-        self._lock = threading.Lock()
-        self._batches = 0  # batches drawn so far
         self.scribbles = scribbles
         self.augment = augment
         self.rng = np.random.default_rng(seed)
@@ -100,49 +130,34 @@ class PatchSampler:
         # slices are drawn in proportion to their labelled pixels
         counts = np.array([sum(len(v) for v in s.classes.values()) for s in self.slices], float)
         self._slice_p = counts / counts.sum()
+        self.hard = HardPools()
 
     def set_hard(self, pixels: list[np.ndarray], from_batch: int) -> None:
         """Centre ``hard_fraction`` of the patches on ``pixels`` (flat indices into each of
-        :attr:`slices`, in order) from batch number ``from_batch`` on (0-based).
-
-        Called from the training thread while batches are drawn in another: naming the
-        batch keeps a run reproducible for a seed, whatever the threads' timing, as long
-        as that batch has not been started yet.
-        """
+        :attr:`slices`, in order) from batch number ``from_batch`` on (see :class:`HardPools`)."""
         if len(pixels) != len(self.slices):
             raise ValueError(f"expected hard pixels for {len(self.slices)} slices, got {len(pixels)}")
-        with self._lock:
-            if from_batch < self._batches:
-                raise ValueError(f"batch {from_batch} was already drawn ({self._batches} so far)")
-            self._pending.append((int(from_batch), [np.asarray(p, np.int64) for p in pixels]))
-            self._pending.sort(key=lambda item: item[0])
+        self.hard.schedule(pixels, from_batch)
 
     def hard_pools(self) -> list[np.ndarray]:
-        """The latest hard pixels given to :meth:`set_hard` (pending ones included), or
-        empty pools."""
-        with self._lock:
-            latest = self._pending[-1][1] if self._pending else self._hard
-        return list(latest) if latest is not None else [np.zeros(0, np.int64) for _ in self.slices]
+        """The latest hard pixels given to :meth:`set_hard`, or empty pools."""
+        latest = self.hard.latest()
+        return latest if latest is not None else [np.zeros(0, np.int64) for _ in self.slices]
 
     def unpadded_target(self, i: int) -> np.ndarray:
         """Slice ``i``'s target without the sampler's padding."""
         s = self.slices[i]
         return s.target[s.pad:s.pad + s.shape[0], s.pad:s.pad + s.shape[1]]
 
-    def _apply_pending(self) -> None:
-        with self._lock:
-            while self._pending and self._pending[0][0] <= self._batches:
-                self._hard = self._pending.pop(0)[1]
-            self._batches += 1
-
     def _hard_centre(self, i: int) -> tuple[int, int] | None:
         """A centre on one of slice ``i``'s hard pixels, or None (not drawn this time)."""
-        if self.hard_fraction <= 0 or self._hard is None or not self._hard[i].size:
+        pools = self.hard.current
+        if self.hard_fraction <= 0 or pools is None or not pools[i].size:
             return None
         if self.rng.random() >= self.hard_fraction:
             return None
         s = self.slices[i]
-        pool = self._hard[i]
+        pool = pools[i]
         cy, cx = divmod(int(pool[int(self.rng.integers(pool.size))]), s.shape[1])
         half = self.output_size // 2
         return (cy + int(self.rng.integers(-half // 2, half // 2 + 1)),
@@ -174,7 +189,7 @@ class PatchSampler:
         xs = np.empty((batch_size, self.slices[0].image.shape[0], n, n), np.float32)
         ts = np.empty((batch_size, o, o), np.int64)
         ws = np.empty((batch_size, o, o), np.float32)
-        self._apply_pending()
+        self.hard.next_batch()
         for i in range(batch_size):
             k = int(self.rng.choice(len(self.slices), p=self._slice_p))
             s = self.slices[k]

@@ -27,7 +27,6 @@ from ..prediction.z_context import input_planes
 from .annotations import class_names_for, n_classes_for, prepare_slices
 from .config import HARDWARE_FIELDS as HARDWARE_FIELDS
 from .config import TrainEvent, TrainingConfig
-from .hard_pixels import hard_pixels
 from .held_out import foreground_dice as foreground_dice
 from .held_out import held_out_dice
 from .held_out import split_slices as _split
@@ -37,10 +36,6 @@ from .results import RunResults
 from .sampling import PatchSampler
 from .start import starting_point
 from .step import lr_factor, optimiser_step
-
-#: Pixels of painted slices predicted per refresh of the hard pixels (``hard_fraction``):
-#: about 3 s of the default network on 2 CPU cores, a few refreshes per run.
-HARD_PIXELS_PER_REFRESH = 4 * 2**20
 
 __all__ = ["FINETUNE_LEARNING_RATE", "KeptWeights", "TrainEvent", "Trainer", "TrainingConfig", "train"]
 
@@ -168,28 +163,6 @@ class Trainer(RunResults):
             self.model, self.split.val, self._normalised,
             batch_size=cfg.batch_size, device=self.device, amp=cfg.amp,
         )
-
-    def _hard_pixels(self, sampler: PatchSampler, turn: int) -> tuple[int, list[np.ndarray]]:
-        """The hard pixels of the sampler's slices from ``turn`` on, in turn, until
-        :data:`HARD_PIXELS_PER_REFRESH` pixels are predicted (at least one slice; the
-        others keep what an earlier refresh found); returns the next turn and the pools."""
-        n = len(sampler.slices)
-        chosen, budget = [], HARD_PIXELS_PER_REFRESH
-        for k in range(n):
-            s = sampler.slices[(turn + k) % n]
-            if chosen and s.shape[0] * s.shape[1] > budget:
-                break
-            chosen.append((turn + k) % n)
-            budget -= s.shape[0] * s.shape[1]
-        found = hard_pixels(
-            self.model,
-            [(sampler.slices[i].z, sampler.unpadded_target(i)) for i in chosen],
-            self._normalised, batch_size=self.config.batch_size, device=self.device, amp=self.config.amp,
-        )
-        pools = list(sampler.hard_pools())
-        for i, pixels in zip(chosen, found):
-            pools[i] = pixels
-        return (turn + len(chosen)) % n, pools
 
     def _step(
         self,
