@@ -71,8 +71,11 @@ def run(nz: int, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     model = model_path(args.model, folder)
     _, identity = load_model(model)
     options = BatchOptions(probabilities=True, instances=True, overwrite=True)
-    with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                      dashboard_address=":0") as lc, Client(lc) as client:
+    import dask
+
+    profile = {"distributed.worker.profile.enabled": args.profile}
+    with dask.config.set(profile), LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
+                                                dashboard_address=":0") as lc, Client(lc) as client:
         client.wait_for_workers(args.workers)
         client.run(_worker_model, identity["path"], identity["sha256"])
         idle = sorted(client.run(peak_rss_mb).values())
@@ -107,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--model", default="tiny", help="'default' (shipped), 'tiny' (random) or a .pt")
     p.add_argument("--instances-3d", action="store_true")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="turn off dask's statistical profiler in the workers (its history grows "
+                        "with the run's duration, up to an hour of it)")
     p.add_argument("--tolerance", type=float, default=0.25)
     p.add_argument("--dir", type=Path, help="working folder (default: a temporary one, deleted)")
     args = p.parse_args(argv)
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.dir is None:
             shutil.rmtree(folder, ignore_errors=True)
     print(f"\nblock: {args.block_z} x {args.shape[0]} x {args.shape[1]}; {args.workers} workers; "
-          f"instances_3d={args.instances_3d}")
+          f"instances_3d={args.instances_3d}; worker profiler {'on' if args.profile else 'off'}")
     print("| slices | input MB | time (s) | worker peak after model load (MB) | worker peak after the run (MB) "
           "| largest worker RSS sampled: blocks / finish (MB) | client peak during the run (MB) |")
     print("|---|---|---|---|---|---|---|")
