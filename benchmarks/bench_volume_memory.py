@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--instances-3d", action="store_true")
     p.add_argument("--no-profile", dest="profile", action="store_false",
                    help="turn off dask's statistical profiler in the workers (its history grows "
-                        "with the run's duration, up to an hour of it)")
+                        "with the run's duration, up to 1000 one-second cycles)")
     p.add_argument("--tolerance", type=float, default=0.25)
     p.add_argument("--dir", type=Path, help="working folder (default: a temporary one, deleted)")
     args = p.parse_args(argv)

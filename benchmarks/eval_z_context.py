@@ -62,9 +62,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for sigma in args.sigmas:
         q = smooth_stack(p, sigma)  # the engine's own smoothing (weights, window, mirroring)
         for threshold in args.thresholds:
-            row = {"sigma_z": sigma, **({} if args.thresholds == [0.5] else {
-                       "threshold": threshold, "painted_dice": round(_dice(fg[zs] > 0, q[zs] > threshold), 4)}),
-                   **{k: round(v, 4) for k, v in metric(fg[scored], q[scored] > threshold).items()}}
+            row: dict[str, Any] = {"sigma_z": sigma}
+            if args.thresholds != [0.5]:  # the default run's rows stay as they were
+                row["threshold"] = threshold
+                row["painted_dice"] = round(_dice(fg[zs] > 0, q[zs] > threshold), 4)
+            row.update({k: round(v, 4) for k, v in metric(fg[scored], q[scored] > threshold).items()})
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.orthoplanes:

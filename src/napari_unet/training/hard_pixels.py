@@ -16,6 +16,7 @@ import torch
 
 from ..model.unet import UNet
 from .annotations import IGNORE
+from .held_out import evaluating
 from .sampling import PatchSampler
 
 __all__ = ["HARD_PIXELS_PER_REFRESH", "hard_pixels", "refreshed_pools"]
@@ -43,22 +44,15 @@ def hard_pixels(
     Predicts each whole slice once, as validation does (eval mode, the run's
     precision), and leaves the model in train mode.
     """
-    from ..prediction.overlap_tile import TilePredictor
-
-    model.eval()
-    try:
-        predictor = TilePredictor(model, batch_size=batch_size, device=device, amp=amp,
-                                  precision="auto" if amp else "float32")
-        out = []
+    out = []
+    with evaluating(model, batch_size=batch_size, device=device, amp=amp) as predictor:
         for z, target in slices:
             probs = predictor.predict_slice(normalised(z))  # (C, Y, X)
             painted = np.flatnonzero(target != IGNORE)
             classes = target.reshape(-1)[painted]
             p_true = probs.reshape(probs.shape[0], -1)[classes, painted]
             out.append(painted[p_true < below])
-        return out
-    finally:
-        model.train()
+    return out
 
 
 def refreshed_pools(

@@ -8,8 +8,9 @@ band of each slice otherwise (see :func:`split_slices`).
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ import torch
 from ..model.unet import UNet
 from .annotations import IGNORE, AnnotatedSlice
 
-__all__ = ["Split", "foreground_dice", "held_out_dice", "split_slices"]
+__all__ = ["Split", "evaluating", "foreground_dice", "held_out_dice", "split_slices"]
 
 
 @dataclass
@@ -91,6 +92,20 @@ def foreground_dice(pred: np.ndarray, target: np.ndarray, n_classes: int) -> flo
     return float(np.mean(scores)) if scores else float("nan")
 
 
+@contextmanager
+def evaluating(model: UNet, *, batch_size: int, device: torch.device, amp: bool) -> Iterator[Any]:
+    """A tile predictor for ``model`` in eval mode, in the precision the run trains in (bf16
+    on CPUs that have it, as prediction does); the model is back in train mode afterwards."""
+    from ..prediction.overlap_tile import TilePredictor
+
+    model.eval()
+    try:
+        yield TilePredictor(model, batch_size=batch_size, device=device, amp=amp,
+                            precision="auto" if amp else "float32")
+    finally:
+        model.train()
+
+
 def held_out_dice(
     model: UNet,
     val: list[tuple[int, tuple[slice, slice], np.ndarray]],
@@ -106,26 +121,19 @@ def held_out_dice(
     neighbours for a 2.5D network). The model is put in
     eval mode for the prediction and back in train mode afterwards.
     """
-    from ..prediction.overlap_tile import TilePredictor
-
-    model.eval()
-    # validated in the precision the run trains in (bf16 on CPUs that have it, as
-    # prediction does)
-    predictor = TilePredictor(model, batch_size=batch_size, device=device, amp=amp,
-                              precision="auto" if amp else "float32")
     scores = []
     margin = model.margin
-    for z, (ry, rx), target in val:
-        img = normalised(z)  # (Y, X), or (planes, Y, X) for a 2.5D network
-        h, w = img.shape[-2:]
-        y0, y1, _ = ry.indices(h)
-        x0, x1, _ = rx.indices(w)
-        # predict the region with real context around it, then cut the region out
-        cy0, cx0 = max(0, y0 - margin), max(0, x0 - margin)
-        cy1, cx1 = min(h, y1 + margin), min(w, x1 + margin)
-        probs = predictor.predict_slice(img[..., cy0:cy1, cx0:cx1])
-        pred = probs.argmax(0)[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
-        scores.append(foreground_dice(pred, target, model.config.n_classes))
-    model.train()
+    with evaluating(model, batch_size=batch_size, device=device, amp=amp) as predictor:
+        for z, (ry, rx), target in val:
+            img = normalised(z)  # (Y, X), or (planes, Y, X) for a 2.5D network
+            h, w = img.shape[-2:]
+            y0, y1, _ = ry.indices(h)
+            x0, x1, _ = rx.indices(w)
+            # predict the region with real context around it, then cut the region out
+            cy0, cx0 = max(0, y0 - margin), max(0, x0 - margin)
+            cy1, cx1 = min(h, y1 + margin), min(w, x1 + margin)
+            probs = predictor.predict_slice(img[..., cy0:cy1, cx0:cx1])
+            pred = probs.argmax(0)[y0 - cy0 : y1 - cy0, x0 - cx0 : x1 - cx0]
+            scores.append(foreground_dice(pred, target, model.config.n_classes))
     valid = [s for s in scores if not math.isnan(s)]
     return float(np.mean(valid)) if valid else float("nan")

@@ -52,7 +52,6 @@ class TrainingRun:
         torch.manual_seed(cfg.seed + tr.start_iteration)
 
         sampler = self.sampler = tr._sampler()
-        self.hard_s = 0.0  # time spent finding hard pixels (hard_fraction)
         self.next_hard = 0  # the next of HARD_MARKS
         self.hard_turn = 0  # the sampler slice the next refresh starts with
         self.feed = BatchFeed(
@@ -187,9 +186,7 @@ def refresh_hard_pixels(run: TrainingRun, it: int) -> None:
         return
     while run.next_hard < len(HARD_MARKS) and progress >= HARD_MARKS[run.next_hard]:
         run.next_hard += 1
-    t = time.perf_counter()
     run.hard_turn, pixels = refreshed_pools(tr.model, run.sampler, run.hard_turn, tr._normalised,
                                             batch_size=cfg.batch_size, device=tr.device, amp=cfg.amp)
     # the first batch the feed has not started yet (see PatchSampler.set_hard)
     run.sampler.set_hard(pixels, from_batch=it - tr.start_iteration + 1 + run.feed.ahead)
-    run.hard_s += time.perf_counter() - t
