@@ -9,7 +9,9 @@ at the later marks (a user would be looking at it by then).
 
 Lucchi: foreground IoU; ISBI: adapted Rand error of the "fill" instances
 (``fill_are``) and of plain components (``are``). ``--split dev`` scores the
-unpainted slices among 0-19 (choose settings here); ``--split eval`` the
+unpainted slices among 0-19 (choose settings here); ``--split far`` paints
+among 0-9 and scores 10-19 (a development split whose slices are as far from
+the painted ones as the evaluation slices); ``--split eval`` the
 evaluation slices (Lucchi 20-39, ISBI 20-29), reported once.
 
 ``--set KEY=VALUE`` changes one TrainingConfig field (numbers, true/false,
@@ -38,6 +40,24 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_fewslice as fs  # noqa: E402
 
+# "far" development split: paint among 0-9, score 10-19 (1-10 slices from a
+# painted one, like the evaluation slices 20-39 are 2-21 slices from slice 18).
+FAR_PAINT_AMONG = 10
+
+
+def painted_and_scored(split: str, k: int, among: int | None, n_train: int,
+                       n_total: int) -> tuple[list[int], list[int]]:
+    """The painted slices (``k`` evenly spaced among ``0..among-1``) and the scored ones."""
+    among = among or (FAR_PAINT_AMONG if split == "far" else n_train)
+    if not 1 <= among <= n_train:
+        raise ValueError(f"--paint-among must be in 1..{n_train}, got {among}")
+    zs = fs.choose_slices(k, among)
+    if split == "far":
+        if among >= n_train:
+            raise ValueError(f"--split far needs --paint-among below {n_train}")
+        return zs, list(range(among, n_train))
+    return zs, fs.scored_slices(split, zs, n_train, n_total)
+
 
 def parse_value(text: str) -> Any:
     """``--set`` values: int, float, true/false/none, else the string."""
@@ -64,7 +84,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--preset", default="default", help="network preset when training from scratch")
     ap.add_argument("--marks", type=float, nargs="+", default=[30, 60, 120, 300])
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--split", choices=("dev", "eval"), default="dev")
+    ap.add_argument("--split", choices=("dev", "far", "eval"), default="dev")
+    ap.add_argument("--paint-among", type=int, default=None, metavar="N",
+                    help="paint the k slices among 0..N-1 (default: all of 0-19); with --split far "
+                         "the score is on slices N-19, a development split as far from the painted "
+                         "slices as the evaluation slices are (default N: 10)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--label", default="run")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic stack and model (smoke run)")
@@ -186,8 +210,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         image, fg = fs.load_dataset(args.dataset, args.data)
         n_train, dataset = fs.N_TRAIN, args.dataset
-        zs = fs.choose_slices(args.k, n_train)
-        scored = fs.scored_slices(args.split, zs, n_train, image.shape[0])
+        zs, scored = painted_and_scored(args.split, args.k, args.paint_among, n_train, image.shape[0])
         metric = fs.isbi_metrics_both if args.dataset == "isbi" else fs.lucchi_metrics
     labels = fs.painted_labels(fg, zs, n_train)
     hard_s = time_hard_pixels()

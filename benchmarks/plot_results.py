@@ -188,16 +188,16 @@ def time_to_accuracy(results: Path, out: Path) -> Path | None:
         for run in (r for r in runs if (r["dataset"], r["split"]) == (dataset, split)):
             rows = sorted(run["results"], key=lambda r: r["mark_s"])
             ax.plot([r["mark_s"] / 60 for r in rows], [r[key] for r in rows], "o-", label=run["label"])
-        where = "unpainted slices 0-19" if split == "dev" else ("slices 20-39" if dataset == "lucchi"
-                                                                 else "slices 20-29")
+        where = {"dev": "unpainted slices 0-19", "far": "slices 10-19 (painted among 0-9)",
+                 "eval": "slices 20-39" if dataset == "lucchi" else "slices 20-29"}[split]
         ax.set_xlabel("minutes of training (2-core CPU)")
         ax.set_ylabel(("foreground IoU" if key == "iou" else "adapted Rand error (fill), lower is better")
                       + f"\n{where}", fontsize=8)
         k = runs[0]["k"] if dataset == runs[0]["dataset"] else next(
             r["k"] for r in runs if r["dataset"] == dataset)
         name = "Lucchi, from the shipped model" if dataset == "lucchi" else "ISBI 2012, from scratch"
-        ax.set_title(f"{name}, {k} painted slices ({'development' if split == 'dev' else 'evaluation'})",
-                     fontsize=9)
+        kind = {"dev": "development", "far": "far development", "eval": "evaluation"}[split]
+        ax.set_title(f"{name}, {k} painted slices ({kind})", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -331,3 +331,62 @@ def test_time_to_accuracy_quick(tmp_path: Path) -> None:
     assert report["config"]["amp"] is False and saved.is_file()
     assert rows[-1]["iteration"] <= report["iterations"]
     assert mod.parse_value("5") == 5 and mod.parse_value("none") is None and mod.parse_value("x") == "x"
+
+
+def test_time_to_accuracy_far_split() -> None:
+    mod = _load("eval_time_to_accuracy")
+    assert mod.painted_and_scored("far", 5, None, 20, 40) == ([1, 3, 5, 7, 9], list(range(10, 20)))
+    zs, dev = mod.painted_and_scored("dev", 5, None, 20, 40)
+    assert zs == [2, 6, 10, 14, 18] and dev == [z for z in range(20) if z not in zs]
+    assert mod.painted_and_scored("eval", 2, 10, 20, 30)[1] == list(range(20, 30))
+    with pytest.raises(ValueError, match="paint-among"):
+        mod.painted_and_scored("far", 5, 20, 20, 40)
+
+
+def test_eval_per_slice_scores_and_draws(tmp_path: Path) -> None:
+    import numpy as np
+    import tifffile
+
+    from napari_unet.synthetic import synthetic_em_stack
+
+    model = tmp_path / "m.pt"
+    _load("eval_time_to_accuracy").main(["--quick", "--set", "amp=false", "--save", str(model)])
+    stack = synthetic_em_stack((6, 64, 64), seed=1)
+    folder = tmp_path / "lucchi_epfl_mito"
+    folder.mkdir()
+    tifffile.imwrite(folder / "image.tif", stack.image)
+    tifffile.imwrite(folder / "labels.tif", np.where(stack.foreground, 255, 0).astype(np.uint8))
+    figure, out = tmp_path / "errors.png", tmp_path / "rows.json"
+    rows = _load("eval_per_slice").main(["--model", str(model), "--data", str(tmp_path), "--show", "2",
+                                         "--figure", str(figure), "--out", str(out)])
+    assert [r["z"] for r in rows] == list(range(6)) and figure.stat().st_size > 0
+    assert all(0.0 <= r[k] <= 1.0 for r in rows for k in ("iou", "precision", "recall"))
+    saved = json.loads(out.read_text())
+    assert saved["slices"] == rows and saved["ranges"] == []  # 6 slices: no range of Lucchi's 40 fits
+
+
+def test_error_overlay_colours() -> None:
+    import numpy as np
+
+    mod = _load("eval_per_slice")
+    truth = np.array([[True, True, False, False]])
+    pred = np.array([[True, False, True, False]])
+    rgb = mod.error_overlay(np.full((1, 4), 100, np.uint8), truth, pred).astype(int)
+    found, missed, false, neither = rgb[0]
+    assert found[1] > found[0] and missed[0] > missed[1] and false[2] > false[0]
+    assert list(neither) == [100, 100, 100]
+    assert mod.slice_scores(truth, pred) == {"iou": 1 / 3, "precision": 0.5, "recall": 0.5}
+
+
+def test_recall_by_kind_separates_cut_whole_and_small_objects() -> None:
+    import numpy as np
+
+    mod = _load("eval_per_slice")
+    truth = np.zeros((1, 60, 60), bool)
+    truth[0, :10, 20:30] = True  # cut by the top edge: 100 px
+    truth[0, 30:40, 30:40] = True  # whole and small: 100 px
+    pred = np.zeros_like(truth)
+    pred[0, 30:40, 30:35] = True  # half of the whole one, none of the cut one
+    r = mod.recall_by_kind(truth, pred)
+    assert r["recall_edge"] == 0.0 and r["recall_inner"] == 0.5 and r["recall_small"] == 0.5
+    assert r["missed_at_edge"] == 100 / 150
