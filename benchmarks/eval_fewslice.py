@@ -230,7 +230,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", default=None,
                     help="fine-tune this checkpoint ('default': the shipped model) instead of training from scratch")
-    ap.add_argument("--loss", default="weighted_ce", choices=("weighted_ce", "ce", "dice", "dice_ce"))
+    ap.add_argument("--loss", default="auto", choices=("auto", "weighted_ce", "ce", "dice", "dice_ce"),
+                    help="default: the engine's (the tables of BENCHMARKS section 3 used weighted_ce)")
     ap.add_argument("--no-balance", action="store_true",
                     help="train on the painted classes' natural frequencies (no w_c class balancing)")
     ap.add_argument("--tta", action="store_true", help="test-time augmentation (8 flips/rotations)")

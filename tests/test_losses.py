@@ -149,3 +149,33 @@ def test_shape_and_range_errors():
         weighted_cross_entropy(logits, torch.full_like(target, 3))
     with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
         soft_dice_loss(logits[0], target[0])
+
+
+def test_auto_loss_adds_dice_where_painted_objects_are_a_minority():
+    import numpy as np
+
+    from napari_unet.training.losses import resolved_loss
+
+    sparse = np.zeros((10, 10), np.int64)
+    sparse[:2] = 1  # 20 % objects: mitochondria on cytoplasm
+    dense = 1 - sparse  # 80 % "foreground": cells between membranes
+    ignored = np.full((10, 10), -1, np.int64)
+    assert resolved_loss("auto", [sparse], scribbles=False) == "dice_ce"
+    assert resolved_loss("auto", [dense], scribbles=False) == "weighted_ce"
+    # ignored pixels do not count: 20 objects against 10 painted background pixels
+    half = np.where(np.arange(100).reshape(10, 10) < 30, sparse, -1)
+    assert resolved_loss("auto", [half, ignored], scribbles=False) == "weighted_ce"
+    assert resolved_loss("auto", [ignored], scribbles=False) == "weighted_ce"
+    # strokes' proportions are not the tissue's: scribbles keep the weighted CE
+    assert resolved_loss("auto", [sparse], scribbles=True) == "weighted_ce"
+    # a named loss is used as it is
+    assert resolved_loss("ce", [sparse], scribbles=False) == "ce"
+
+
+def test_training_config_accepts_auto_and_rejects_unknown_losses():
+    from napari_unet.training.trainer import TrainingConfig
+
+    assert TrainingConfig().loss == "auto"
+    assert TrainingConfig.from_dict(TrainingConfig(loss="dice").to_dict()).loss == "dice"
+    with pytest.raises(ValueError, match="unknown loss"):
+        TrainingConfig(loss="focal")

@@ -215,3 +215,17 @@ def test_training_config_from_dict_is_strict():
                 {"weight_decay": float("nan")}, {"augment": [1]}, {"normalization": "percentile"}):
         with pytest.raises(ValueError):
             TrainingConfig.from_dict(bad)
+
+
+def test_auto_loss_follows_the_painted_proportions(em_stack, em_labels):
+    """Cells filling the slice train with the weighted CE; thin objects get the Dice added."""
+    cells = Trainer(em_stack.image, em_labels, QUICK, model=preset("tiny"))
+    assert cells.config.loss == "auto" and cells.loss_name == "weighted_ce"
+    membranes = np.where((em_labels == 0) & (em_labels.reshape(len(em_labels), -1).any(1)[:, None, None]), 1, 0)
+    assert 0 < membranes[2].mean() < 0.5  # painted objects are now the minority
+    run = Trainer(em_stack.image, membranes.astype(np.uint8), QUICK, model=preset("tiny"))
+    assert run.loss_name == "dice_ce"
+    losses = [ev.loss for ev in run]
+    assert all(np.isfinite(losses))
+    trained = run.kept_model()
+    assert trained.training["loss"] == "dice_ce" and trained.training["settings"]["loss"] == "auto"

@@ -163,7 +163,9 @@ def _training_section(trained: TrainedModel) -> str:
     settings = t.get("settings") if isinstance(t.get("settings"), dict) else {}
     if settings:
         keys = ("iterations", "batch_size", "patch_size", "learning_rate", "loss")
-        lines.append("- recipe: " + ", ".join(f"{k} {settings[k]}" for k in keys if k in settings))
+        # the loss the run used ("auto" resolved), where the checkpoint records it
+        recipe = settings | ({"loss": t["loss"]} if isinstance(t.get("loss"), str) else {})
+        lines.append("- recipe: " + ", ".join(f"{k} {recipe[k]}" for k in keys if k in recipe))
     for key, label in (("iterations_run", "iterations run"), ("best_val_dice", "best validation Dice"),
                        ("validation", "validation"), ("selection", "weights kept")):
         if t.get(key) is not None:

@@ -22,7 +22,7 @@ from .losses import get_loss
 
 __all__ = ["HARDWARE_FIELDS", "TrainEvent", "TrainingConfig"]
 
-LossName = Literal["weighted_ce", "ce", "dice", "dice_ce"]
+LossName = Literal["auto", "weighted_ce", "ce", "dice", "dice_ce"]
 
 #: TrainingConfig fields that say where and how fast a run goes, not what it learns: they
 #: are left out of the recipe a checkpoint stores, so that a model trained on a GPU
@@ -61,7 +61,9 @@ class TrainingConfig:
     weight_decay: float = 1e-4
     warmup: int = 25
     schedule: Literal["cosine", "constant"] = "cosine"
-    loss: LossName = "weighted_ce"
+    # "auto": the paper's weighted cross-entropy, plus a foreground soft Dice where painted
+    # objects are a minority of the pixels (losses.resolved_loss says why)
+    loss: LossName = "auto"
     annotation: AnnotationSettings = field(default_factory=AnnotationSettings)
     foreground_fraction: float = 0.33
     # share of patches centred on painted pixels the current model gets wrong or is unsure
@@ -135,7 +137,8 @@ class TrainingConfig:
             raise ValueError(f"hard_fraction must be in [0, 1], got {self.hard_fraction}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
-        get_loss(self.loss)  # validates the name
+        if self.loss != "auto":
+            get_loss(self.loss)  # validates the name
         if self.device not in devices.DEVICE_CHOICES and not str(self.device).startswith("cuda:"):
             raise ValueError(f"device must be one of {devices.DEVICE_CHOICES}, got {self.device!r}")
 

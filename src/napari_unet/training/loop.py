@@ -48,7 +48,7 @@ class TrainingRun:
             opt.load_state_dict(tr._optimizer_state)
         amp_dtype = devices.training_dtype(dev, cfg.amp)
         self.scaler = devices.grad_scaler(dev, amp_dtype)
-        self.loss_fn = get_loss(cfg.loss)
+        self.loss_fn = get_loss(tr.loss_name)
         torch.manual_seed(cfg.seed + tr.start_iteration)
 
         sampler = self.sampler = tr._sampler()

@@ -19,6 +19,7 @@ from ..model.normalization import Normalization
 from ..model.unet import UNet
 from .held_out import Split
 from .kept_weights import KeptWeights
+from .losses import resolved_loss
 
 if TYPE_CHECKING:
     from .annotations import AnnotatedSlice
@@ -38,6 +39,12 @@ class RunResults:
     split: Split
     device: torch.device
     kept: KeptWeights | None
+
+    @property
+    def loss_name(self) -> str:
+        """The loss this run trains with (``"auto"`` resolved from the painted targets)."""
+        return resolved_loss(self.config.loss, [s.target for s in self.split.train],
+                             scribbles=self.config.annotation.mode == "scribbles")
 
     def _wrap(
         self,
@@ -75,6 +82,7 @@ class RunResults:
         training: dict[str, Any] = {
             # the whole recipe, typed back by TrainedModel.training_config() (--resume uses it)
             "settings": self.config.to_dict(recipe=True),
+            "loss": self.loss_name,
             "iteration": int(kept.iteration),
             "iterations_run": int(kept.iteration if iterations_run is None else iterations_run),
             "best_val_dice": None if metric is None or math.isnan(metric) else float(metric),
