@@ -175,8 +175,8 @@ def resolved_loss(name: str, targets: Sequence[np.ndarray], *, scribbles: bool) 
     most of them, as mitochondria do (Lucchi: 7 % foreground; IoU after 5
     minutes 0.857 instead of 0.836 on slices painted apart from the scored ones).
     Where the "foreground" fills most of the slice, as cells between membranes
-    do (ISBI: 78 %), the Dice of that majority class rewards thin separating
-    lines: on ISBI's evaluation slices the weighted cross-entropy alone
+    do (ISBI: 78 %), the Dice of that majority class likely rewards thin
+    separating lines (not measured): on ISBI's evaluation slices the weighted cross-entropy alone
     separated the cells better (adapted Rand error 0.049-0.051 against 0.062;
     its development slices did not tell the two apart, so this half of the
     rule was chosen on evaluation data). Scribbles' proportions are those of
