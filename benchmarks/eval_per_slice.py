@@ -36,8 +36,7 @@ RANGES = ((0, 20), (20, 29), (29, 37), (37, 40), (20, 40))
 def slice_scores(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """IoU, precision and recall of a foreground mask (one slice or a range of slices)."""
     inter = float(np.logical_and(truth, pred).sum())
-    union = float(np.logical_or(truth, pred).sum())
-    return {"iou": inter / union if union else 1.0,
+    return {"iou": fs.lucchi_metrics(truth, pred)["iou"],
             "precision": inter / float(pred.sum()) if pred.any() else 1.0,
             "recall": inter / float(truth.sum()) if truth.any() else 1.0}
 

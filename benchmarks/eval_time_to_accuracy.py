@@ -10,8 +10,9 @@ at the later marks (a user would be looking at it by then).
 Lucchi: foreground IoU; ISBI: adapted Rand error of the "fill" instances
 (``fill_are``) and of plain components (``are``). ``--split dev`` scores the
 unpainted slices among 0-19 (choose settings here); ``--split far`` paints
-among 0-9 and scores 10-19 (a development split whose slices are as far from
-the painted ones as the evaluation slices); ``--split eval`` the
+among 0-9 and scores 10-19 (a development split whose slices lie 1-10 slices
+from a painted one, nearer the evaluation slices' 2-21 than the dev split's
+1-2); ``--split eval`` the
 evaluation slices (Lucchi 20-39, ISBI 20-29), reported once.
 
 ``--set KEY=VALUE`` changes one TrainingConfig field (numbers, true/false,
@@ -41,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eval_fewslice as fs  # noqa: E402
 
 # "far" development split: paint among 0-9, score 10-19 (1-10 slices from a
-# painted one, like the evaluation slices 20-39 are 2-21 slices from slice 18).
+# painted one; the evaluation slices 20-39 are 2-21 slices from slice 18).
 FAR_PAINT_AMONG = 10
 
 
@@ -87,8 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--split", choices=("dev", "far", "eval"), default="dev")
     ap.add_argument("--paint-among", type=int, default=None, metavar="N",
                     help="paint the k slices among 0..N-1 (default: all of 0-19); with --split far "
-                         "the score is on slices N-19, a development split as far from the painted "
-                         "slices as the evaluation slices are (default N: 10)")
+                         "the score is on slices N-19, a development split further from the painted "
+                         "slices (default N: 10)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--label", default="run")
     ap.add_argument("--quick", action="store_true", help="tiny synthetic stack and model (smoke run)")

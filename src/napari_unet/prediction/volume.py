@@ -63,6 +63,7 @@ from .batch import (
     unit_page,
     write_json,
 )
+from .worker_memory import release_free_memory, trimmed
 from .z_context import resolve_z_sigma
 
 StopCallback = Callable[[], bool]
@@ -201,7 +202,6 @@ def _block_task(model_path: str, sha256: str, job: VolumeJob, z0: int, z1: int,
     """Runs on a worker: one block with the worker's cached model."""
     from .cluster import _worker_model
     from .stack import PredictionEngine
-    from .worker_memory import release_free_memory
 
     trained = _worker_model(model_path, sha256)
     try:
@@ -363,8 +363,6 @@ def _map(client: Any, should_stop: StopCallback | None, fn: Callable[..., Any],
     """``fn(*a)`` for every ``a``: here in order, or one task each on the cluster."""
     if client is None:
         return [fn(*a) for a in args]
-    from .worker_memory import trimmed
-
     # named after fn (not the wrapper), as the scheduler's dashboard shows them
     return _wait_all(client, [client.submit(trimmed, fn, *a, key=f"napari-unet-{fn.__name__}-{uuid.uuid4().hex}")
                               for a in args], should_stop)
