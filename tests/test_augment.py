@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_unet.training.augment import AugmentConfig, augment_patch, elastic_displacement
+from napari_unet.training.augment import AugmentConfig, augment_patch, elastic_displacement, warp_border
 
 
 def _patch(shape=(64, 64), seed=0):
@@ -71,7 +71,7 @@ def test_flips_rot90_keep_alignment(shape):
     rng = np.random.default_rng(0)
     target = rng.integers(-1, 4, size=shape).astype(np.int64)
     image = target.astype(np.float32)
-    config = AugmentConfig(elastic=False, intensity=False)
+    config = AugmentConfig(elastic=False, intensity=False, p_affine=0.0)
     seen = set()
     for _ in range(30):
         out, (t,) = augment_patch(image, [target], rng, config)
@@ -84,7 +84,7 @@ def test_flips_rot90_keep_alignment(shape):
 def test_elastic_keeps_alignment():
     target = _blocky_target()
     image = target.astype(np.float32)
-    config = AugmentConfig(flips=False, rot90=False, intensity=False)
+    config = AugmentConfig(flips=False, rot90=False, intensity=False, p_affine=0.0)
     rng = np.random.default_rng(3)
     for _ in range(5):
         out, (t,) = augment_patch(image, [target], rng, config)
@@ -115,7 +115,7 @@ def test_elastic_displacement_statistics():
 
 def test_elastic_sigma_zero_is_identity_geometry():
     image, target, weights = _patch()
-    config = AugmentConfig(elastic_sigma=0.0, flips=False, rot90=False, intensity=False)
+    config = AugmentConfig(elastic_sigma=0.0, flips=False, rot90=False, intensity=False, p_affine=0.0)
     out, (t, w) = augment_patch(image, [target, weights], np.random.default_rng(0), config)
     np.testing.assert_allclose(out, image, atol=1e-6)
     np.testing.assert_array_equal(t, target)
@@ -124,13 +124,13 @@ def test_elastic_sigma_zero_is_identity_geometry():
 
 def test_intensity_only_changes_image():
     image, target, weights = _patch()
-    config = AugmentConfig(elastic=False, flips=False, rot90=False, p_intensity=1.0)
+    config = AugmentConfig(elastic=False, flips=False, rot90=False, p_intensity=1.0, p_affine=0.0)
     out, (t, w) = augment_patch(image, [target, weights], np.random.default_rng(0), config)
     assert not np.allclose(out, image)
     np.testing.assert_array_equal(t, target)
     np.testing.assert_array_equal(w, weights)
     # p_intensity = 0 => untouched.
-    config0 = AugmentConfig(elastic=False, flips=False, rot90=False, p_intensity=0.0)
+    config0 = AugmentConfig(elastic=False, flips=False, rot90=False, p_intensity=0.0, p_affine=0.0)
     out0, _ = augment_patch(image, [target, weights], np.random.default_rng(0), config0)
     np.testing.assert_array_equal(out0, image)
 
@@ -172,6 +172,13 @@ def test_planes_move_together():
         {"p_intensity": 1.5},
         {"p_intensity": -0.1},
         {"flips": "yes"},
+        {"rotation": -5.0},
+        {"rotation": 270.0},
+        {"rotation": True},
+        {"scale": (0.0, 1.2)},
+        {"scale": (1.3, 0.9)},
+        {"p_affine": 2.0},
+        {"p_affine": "often"},
     ],
 )
 def test_config_validation(kwargs):
@@ -189,7 +196,74 @@ def test_config_dict_round_trip():
     assert AugmentConfig.from_dict(AugmentConfig().to_dict()) == AugmentConfig()
     with pytest.raises(ValueError):
         AugmentConfig.from_dict({**data, "bogus": 1})
+    # a checkpoint's recipe from before the free rotation and zoom says it had none
+    old = {k: v for k, v in AugmentConfig().to_dict().items() if k not in ("rotation", "scale", "p_affine")}
+    assert AugmentConfig.from_dict(old).p_affine == 0.0
 
 
 def test_config_is_hashable():
     assert hash(AugmentConfig()) == hash(AugmentConfig.from_dict(AugmentConfig().to_dict()))
+
+
+def test_zoom_scales_about_the_centre():
+    """A zoom of 2 (no rotation) reads each pixel twice as far from the patch centre:
+    on a ramp image the output is the ramp twice as steep, through the same centre."""
+    h = w = 65
+    ramp = np.tile(np.arange(h, dtype=np.float32)[:, None], (1, w))
+    config = AugmentConfig(elastic=False, flips=False, rot90=False, intensity=False,
+                           p_affine=1.0, rotation=0.0, scale=(2.0, 2.0))
+    out, _ = augment_patch(ramp, [], np.random.default_rng(0), config, crop=16)
+    assert out.shape == (33, 33)
+    rows = np.arange(16, 49) - 32.0
+    np.testing.assert_allclose(out[:, 16], 32.0 + 2.0 * rows, atol=1e-3)
+
+
+def test_rotation_keeps_alignment_and_turns_about_the_centre():
+    """A centred disc stays a centred disc of the same size, image and target together,
+    whatever the angle; an off-centre square moves (the patch did turn)."""
+    n = 97
+    yy, xx = np.mgrid[:n, :n] - (n - 1) / 2.0
+    disc = (np.hypot(yy, xx) < 20).astype(np.int64)
+    square = ((np.abs(yy - 25) < 8) & (np.abs(xx) < 8)).astype(np.int64)
+    config = AugmentConfig(elastic=False, flips=False, rot90=False, intensity=False,
+                           p_affine=1.0, rotation=90.0, scale=(1.0, 1.0))
+    rng = np.random.default_rng(1)
+    moved = 0
+    for _ in range(6):
+        out, (d, q) = augment_patch(disc.astype(np.float32), [disc, square], rng, config)
+        assert abs(int(d.sum()) - int(disc.sum())) <= 0.02 * disc.sum()
+        np.testing.assert_array_equal(d[48 - 12:48 + 13, 48 - 12:48 + 13],
+                                      disc[48 - 12:48 + 13, 48 - 12:48 + 13])
+        assert (np.abs(out - d)[d == 1] < 0.5).mean() > 0.95
+        moved += not np.array_equal(q, square)
+    assert moved >= 5
+
+
+def test_crop_returns_the_centre_of_the_full_warp():
+    """Warping only the inner window gives the inner window of the full warp."""
+    image, target, weights = _patch((72, 72))
+    config = AugmentConfig(p_intensity=1.0)
+    full, (tf, wf) = augment_patch(image, [target, weights], np.random.default_rng(5), config)
+    inner, (ti, wi) = augment_patch(image, [target, weights], np.random.default_rng(5), config, crop=12)
+    assert inner.shape == (48, 48)
+    np.testing.assert_array_equal(ti, tf[12:-12, 12:-12])
+    np.testing.assert_array_equal(wi, wf[12:-12, 12:-12])
+    # the intensity jitter's contrast and gamma use the patch's own statistics, so
+    # compare the geometry with intensity off
+    config = AugmentConfig(intensity=False)
+    full, _ = augment_patch(image, [target], np.random.default_rng(5), config)
+    inner, _ = augment_patch(image, [target], np.random.default_rng(5), config, crop=12)
+    np.testing.assert_allclose(inner, full[12:-12, 12:-12], atol=1e-5)
+    with pytest.raises(ValueError, match="crop"):
+        augment_patch(image, [target], np.random.default_rng(5), config, crop=36)
+
+
+def test_warp_border_covers_the_warp():
+    """No augmentation needs no border; the paper's elastic warp keeps its 16 pixels; a
+    45-degree turn with a 1.25 zoom reaches 1.25 * sqrt(2) half-windows from the centre."""
+    assert warp_border(None, 200) == 0
+    assert warp_border(AugmentConfig(p_affine=0.0), 200) == 16
+    assert warp_border(AugmentConfig(elastic=False, p_affine=0.0), 200) == 0
+    reach = 100 * np.sqrt(2) * 1.25
+    assert warp_border(AugmentConfig(elastic=False), 200) == int(np.ceil(reach - 100))
+    assert warp_border(AugmentConfig(), 200) == 16 + int(np.ceil(reach - 100))

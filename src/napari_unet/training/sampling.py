@@ -20,11 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .annotations import IGNORE
-from .augment import AugmentConfig, augment_patch
-
-#: Extra border warped with the patch so elastic deformation never pulls in
-#: mirrored patch edges (the paper's displacements have a 10 px std).
-_AUG_BORDER = 16
+from .augment import AugmentConfig, augment_patch, warp_border
 
 
 @dataclass
@@ -103,7 +99,8 @@ class PatchSampler:
         self.scribbles = scribbles
         self.augment = augment
         self.rng = np.random.default_rng(seed)
-        border = _AUG_BORDER if augment is not None and augment.elastic else 0
+        # real image around each window, so that the warp never reads mirrored window edges
+        border = warp_border(augment, self.input_size)
         self._border = border
         pad = self.input_size + border
         self.slices: list[SliceData] = []
@@ -204,11 +201,11 @@ class PatchSampler:
             img, tgt, wgt = s.image[(slice(None), *win)], s.target[win], s.weight[win]
             if img.shape[0] == 1:
                 img = img[0]  # one plane: the 2D path, bit for bit as before
-            if self.augment is not None:
-                img, (tgt, wgt) = augment_patch(img, [tgt, wgt], self.rng, self.augment)
-            inner = slice(b, b + n)
-            out = slice(b + m, b + m + o)
-            xs[i] = img[..., inner, inner]
-            ts[i] = tgt[out, out]
-            ws[i] = wgt[out, out]
+            if self.augment is not None:  # returns the input window: the border was context
+                img, (tgt, wgt) = augment_patch(img, [tgt, wgt], self.rng, self.augment, crop=b)
+            else:
+                img, tgt, wgt = img[..., b:b + n, b:b + n], tgt[b:b + n, b:b + n], wgt[b:b + n, b:b + n]
+            xs[i] = img
+            ts[i] = tgt[m:m + o, m:m + o]
+            ws[i] = wgt[m:m + o, m:m + o]
         return xs, ts, ws
