@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_unet.training.augment import AugmentConfig, augment_patch, elastic_displacement, warp_border
+from napari_unet.training.augment import (
+    AFFINE_P,
+    AugmentConfig,
+    augment_patch,
+    elastic_displacement,
+    resolved_augment,
+    warp_border,
+)
 
 
 def _patch(shape=(64, 64), seed=0):
@@ -191,7 +198,8 @@ def test_config_dict_round_trip():
                            gamma=(0.8, 1.2), p_intensity=0.5)
     data = config.to_dict()
     assert isinstance(data["gamma"], list)
-    assert all(isinstance(v, (bool, int, float, list)) for v in data.values())
+    assert all(isinstance(v, (bool, int, float, list, str)) for v in data.values())
+    assert data["p_affine"] == "auto"
     assert AugmentConfig.from_dict(data) == config
     assert AugmentConfig.from_dict(AugmentConfig().to_dict()) == AugmentConfig()
     with pytest.raises(ValueError):
@@ -267,3 +275,24 @@ def test_warp_border_covers_the_warp():
     reach = 100 * np.sqrt(2) * 1.25
     assert warp_border(AugmentConfig(elastic=False), 200) == int(np.ceil(reach - 100))
     assert warp_border(AugmentConfig(), 200) == 16 + int(np.ceil(reach - 100))
+
+
+def test_auto_turns_and_zooms_objects_on_a_background_only():
+    """``p_affine="auto"`` (the default) becomes AFFINE_P for objects on a background
+    and 0 for cells that fill the slice; a number or no augmentation is kept as given."""
+    from napari_unet.training.losses import objects_on_background
+
+    mito = np.zeros((40, 40), np.int64)
+    mito[5:12, 5:15] = 1
+    cells = np.ones((40, 40), np.int64)
+    cells[::8] = 0
+    assert objects_on_background([mito], scribbles=False)
+    assert not objects_on_background([cells], scribbles=False)
+    assert not objects_on_background([mito], scribbles=True)
+    assert not objects_on_background([np.full((4, 4), -1)], scribbles=False)
+    assert resolved_augment(AugmentConfig(), True).p_affine == AFFINE_P
+    assert resolved_augment(AugmentConfig(), False).p_affine == 0.0
+    assert resolved_augment(AugmentConfig(p_affine=0.2), False).p_affine == 0.2
+    assert resolved_augment(None, True) is None
+    assert AugmentConfig().affine_probability == AFFINE_P
+    assert warp_border(AugmentConfig(p_affine=0.0), 200) < warp_border(AugmentConfig(), 200)

@@ -8,6 +8,7 @@ import torch
 from napari_unet import Trainer, TrainingConfig, load_checkpoint, predict, train
 from napari_unet.model.config import preset
 from napari_unet.training.annotations import AnnotationSettings, prepare_slices
+from napari_unet.training.augment import AFFINE_P
 from napari_unet.training.trainer import _split, foreground_dice
 
 QUICK = TrainingConfig(iterations=6, patch_size=24, batch_size=2, val_every=3)
@@ -221,11 +222,16 @@ def test_auto_loss_follows_the_painted_proportions(em_stack, em_labels):
     """Cells filling the slice train with the weighted CE; thin objects get the Dice added."""
     cells = Trainer(em_stack.image, em_labels, QUICK, model=preset("tiny"))
     assert cells.config.loss == "auto" and cells.loss_name == "weighted_ce"
+    # ... and without the free rotation and zoom, which objects on a background get
+    assert cells.augment.p_affine == 0.0
     membranes = np.where((em_labels == 0) & (em_labels.reshape(len(em_labels), -1).any(1)[:, None, None]), 1, 0)
     assert 0 < membranes[2].mean() < 0.5  # painted objects are now the minority
     run = Trainer(em_stack.image, membranes.astype(np.uint8), QUICK, model=preset("tiny"))
-    assert run.loss_name == "dice_ce"
+    assert run.loss_name == "dice_ce" and run.augment.p_affine == AFFINE_P
+    assert run._sampler().augment.p_affine == AFFINE_P
     losses = [ev.loss for ev in run]
     assert all(np.isfinite(losses))
     trained = run.kept_model()
     assert trained.training["loss"] == "dice_ce" and trained.training["settings"]["loss"] == "auto"
+    assert trained.training["augment"]["p_affine"] == AFFINE_P
+    assert trained.training["settings"]["augment"]["p_affine"] == "auto"

@@ -32,6 +32,7 @@ __all__ = [
     "dice_ce_loss",
     "dice_loss",
     "get_loss",
+    "objects_on_background",
     "resolved_loss",
     "soft_dice_loss",
     "weighted_cross_entropy",
@@ -185,8 +186,15 @@ def resolved_loss(name: str, targets: Sequence[np.ndarray], *, scribbles: bool) 
     """
     if name != "auto":
         return name
+    return "dice_ce" if objects_on_background(targets, scribbles=scribbles) else "weighted_ce"
+
+
+def objects_on_background(targets: Sequence[np.ndarray], *, scribbles: bool) -> bool:
+    """Whether densely painted slices show objects covering under half of the painted
+    pixels (:data:`DICE_BELOW_FOREGROUND`), as mitochondria do, rather than cells that
+    fill the slice; False for scribbles, whose proportions are the strokes'."""
     if scribbles:
-        return "weighted_ce"
+        return False
     painted = sum(int(np.count_nonzero(np.asarray(t) >= 0)) for t in targets)
     foreground = sum(int(np.count_nonzero(np.asarray(t) >= 1)) for t in targets)
-    return "dice_ce" if painted and foreground < DICE_BELOW_FOREGROUND * painted else "weighted_ce"
+    return bool(painted) and foreground < DICE_BELOW_FOREGROUND * painted

@@ -17,9 +17,10 @@ import torch
 from ..model.checkpoint import TrainedModel
 from ..model.normalization import Normalization
 from ..model.unet import UNet
+from .augment import AugmentConfig, resolved_augment
 from .held_out import Split
 from .kept_weights import KeptWeights
-from .losses import resolved_loss
+from .losses import objects_on_background, resolved_loss
 
 if TYPE_CHECKING:
     from .annotations import AnnotatedSlice
@@ -45,6 +46,12 @@ class RunResults:
         """The loss this run trains with (``"auto"`` resolved from the painted targets)."""
         return resolved_loss(self.config.loss, [s.target for s in self.split.train],
                              scribbles=self.config.annotation.mode == "scribbles")
+
+    @property
+    def augment(self) -> AugmentConfig | None:
+        """The augmentation this run trains with (``p_affine="auto"`` resolved likewise)."""
+        return resolved_augment(self.config.augment, objects_on_background(
+            [s.target for s in self.split.train], scribbles=self.config.annotation.mode == "scribbles"))
 
     def _wrap(
         self,
@@ -83,6 +90,7 @@ class RunResults:
             # the whole recipe, typed back by TrainedModel.training_config() (--resume uses it)
             "settings": self.config.to_dict(recipe=True),
             "loss": self.loss_name,
+            "augment": None if self.augment is None else self.augment.to_dict(),
             "iteration": int(kept.iteration),
             "iterations_run": int(kept.iteration if iterations_run is None else iterations_run),
             "best_val_dice": None if metric is None or math.isnan(metric) else float(metric),

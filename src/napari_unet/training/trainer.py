@@ -142,7 +142,7 @@ class Trainer(RunResults):
             output_size=self.output_size,
             foreground_fraction=cfg.foreground_fraction,
             scribbles=cfg.annotation.mode == "scribbles",
-            augment=cfg.augment,
+            augment=self.augment,
             seed=cfg.seed,
             zs=[s.z for s in train],
             hard_fraction=cfg.hard_fraction,
