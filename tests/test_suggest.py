@@ -26,7 +26,10 @@ def stack():
 @pytest.fixture(scope="module")
 def trained(stack):
     _, labels, s = stack
-    cfg = TrainingConfig(iterations=80, patch_size=40, batch_size=2, learning_rate=1e-2, val_every=1000)
+    # 160 iterations: after 80 the tiny network was still unsure of every slice (scores
+    # 0.95-0.98), so which came first was down to rounding; now the noise slice stands
+    # out (0.99 against 0.90 at most)
+    cfg = TrainingConfig(iterations=160, patch_size=40, batch_size=2, learning_rate=1e-2, val_every=1000)
     return train(s.image, labels, cfg, model=preset("tiny"), device="cpu")
 
 
