@@ -270,3 +270,21 @@ def test_cli_export_help_and_segment_with_a_package(package: Path, tmp_path: Pat
     labels = read_tiff(tmp_path / "res" / "stack_labels.tif", lazy=False).data
     expected = napari_unet.predict(package, stack, device="cpu", precision="float32").semantic
     assert np.array_equal(labels, expected)
+
+
+def test_card_says_which_augmentation_ran() -> None:
+    """The card's training section spells out the augmentation the checkpoint recorded."""
+    from napari_unet.model._bioimageio_files import _training_section
+    from napari_unet.training.augment import AugmentConfig
+
+    trained = _tiny()
+    trained.training = {**trained.training, "augment": AugmentConfig(p_affine=0.5).to_dict()}
+    text = _training_section(trained)
+    assert ("- augmentation: elastic (3x3 grid, 10 px), flips, 90-degree turns, rotation up to 45 degrees "
+            "and zoom 0.8-1.25 (50% of patches), intensity jitter (80% of patches)") in text
+    trained.training = {**trained.training, "augment": AugmentConfig(p_affine=0.0, elastic=False).to_dict()}
+    assert "- augmentation: flips, 90-degree turns, intensity jitter (80% of patches)" in _training_section(trained)
+    trained.training = {**trained.training, "augment": None}  # trained with augment=None
+    assert "- augmentation: none" in _training_section(trained)
+    trained.training = {**trained.training, "augment": {"elastic": "yes"}}  # a stranger's record
+    assert "augmentation" not in _training_section(trained)

@@ -150,6 +150,26 @@ def cover_png(tile: np.ndarray, probs: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _augmentation(recorded: Any) -> str:
+    """The augmentation a run used, in words (the checkpoint's ``training["augment"]``)."""
+    if not isinstance(recorded, dict):
+        return ""
+    try:
+        from ..training.augment import AugmentConfig
+
+        a = AugmentConfig.from_dict(recorded)
+    except (TypeError, ValueError):
+        return ""
+    parts = [f"elastic ({a.elastic_grid}x{a.elastic_grid} grid, {a.elastic_sigma:g} px)"] if a.elastic else []
+    parts += ["flips"] * a.flips + ["90-degree turns"] * a.rot90
+    if a.affine_probability > 0:
+        parts.append(f"rotation up to {a.rotation:g} degrees and zoom {a.scale[0]:g}-{a.scale[1]:g} "
+                     f"({a.affine_probability:.0%} of patches)")
+    if a.intensity and a.p_intensity > 0:
+        parts.append(f"intensity jitter ({a.p_intensity:.0%} of patches)")
+    return ", ".join(parts) or "none"
+
+
 def _training_section(trained: TrainedModel) -> str:
     t = trained.training if isinstance(trained.training, dict) else {}
     if not t:
@@ -166,6 +186,9 @@ def _training_section(trained: TrainedModel) -> str:
         # the loss the run used ("auto" resolved), where the checkpoint records it
         recipe = settings | ({"loss": t["loss"]} if isinstance(t.get("loss"), str) else {})
         lines.append("- recipe: " + ", ".join(f"{k} {recipe[k]}" for k in keys if k in recipe))
+    augment = "none" if "augment" in t and t["augment"] is None else _augmentation(t.get("augment"))
+    if augment:
+        lines.append(f"- augmentation: {augment}")
     for key, label in (("iterations_run", "iterations run"), ("best_val_dice", "best validation Dice"),
                        ("validation", "validation"), ("selection", "weights kept")):
         if t.get(key) is not None:
