@@ -298,9 +298,9 @@ def augment_patch(
         if arr.shape != (h, w):
             raise ValueError(
                 f"nearest[{i}] has shape {arr.shape}, expected image shape {(h, w)}")
-    if not 0 <= 2 * int(crop) < min(h, w):
-        raise ValueError(f"crop {crop} leaves nothing of a {h}x{w} patch")
     crop = int(crop)
+    if not 0 <= 2 * crop < min(h, w):
+        raise ValueError(f"crop {crop} leaves nothing of a {h}x{w} patch")
     img = image.astype(np.float32, copy=False)
 
     elastic = config.elastic and config.elastic_sigma > 0

@@ -168,8 +168,9 @@ def get_loss(name: str) -> LossFn:
 DICE_BELOW_FOREGROUND = 0.5
 
 
-def resolved_loss(name: str, targets: Sequence[np.ndarray], *, scribbles: bool) -> str:
-    """The loss a run uses: ``name``, or for ``"auto"`` one chosen from the painted targets.
+def resolved_loss(name: str, objects_on_background: bool) -> str:
+    """The loss a run uses: ``name``, or for ``"auto"`` one chosen for its paint
+    (``objects_on_background``, see :func:`objects_on_background`).
 
     ``"auto"`` adds the foreground soft Dice to the weighted cross-entropy
     (``"dice_ce"``) when painted slices show objects on a background that covers
@@ -186,7 +187,7 @@ def resolved_loss(name: str, targets: Sequence[np.ndarray], *, scribbles: bool) 
     """
     if name != "auto":
         return name
-    return "dice_ce" if objects_on_background(targets, scribbles=scribbles) else "weighted_ce"
+    return "dice_ce" if objects_on_background else "weighted_ce"
 
 
 def objects_on_background(targets: Sequence[np.ndarray], *, scribbles: bool) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import replace
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -41,17 +42,22 @@ class RunResults:
     device: torch.device
     kept: KeptWeights | None
 
+    @cached_property
+    def _objects_on_background(self) -> bool:
+        """What both "auto" rules read from the painted training slices; counted once,
+        since the split and the annotation mode are fixed when the trainer is made."""
+        return objects_on_background([s.target for s in self.split.train],
+                                     scribbles=self.config.annotation.mode == "scribbles")
+
     @property
     def loss_name(self) -> str:
         """The loss this run trains with (``"auto"`` resolved from the painted targets)."""
-        return resolved_loss(self.config.loss, [s.target for s in self.split.train],
-                             scribbles=self.config.annotation.mode == "scribbles")
+        return resolved_loss(self.config.loss, self._objects_on_background)
 
     @property
     def augment(self) -> AugmentConfig | None:
         """The augmentation this run trains with (``p_affine="auto"`` resolved likewise)."""
-        return resolved_augment(self.config.augment, objects_on_background(
-            [s.target for s in self.split.train], scribbles=self.config.annotation.mode == "scribbles"))
+        return resolved_augment(self.config.augment, self._objects_on_background)
 
     def _wrap(
         self,
@@ -86,11 +92,12 @@ class RunResults:
         net = UNet(self.model.config)
         net.load_state_dict(kept.state)
         metric = kept.metric
+        augment = self.augment
         training: dict[str, Any] = {
             # the whole recipe, typed back by TrainedModel.training_config() (--resume uses it)
             "settings": self.config.to_dict(recipe=True),
             "loss": self.loss_name,
-            "augment": None if self.augment is None else self.augment.to_dict(),
+            "augment": None if augment is None else augment.to_dict(),
             "iteration": int(kept.iteration),
             "iterations_run": int(kept.iteration if iterations_run is None else iterations_run),
             "best_val_dice": None if metric is None or math.isnan(metric) else float(metric),

@@ -203,8 +203,7 @@ class PatchSampler:
                 img = img[0]  # one plane: the 2D path, bit for bit as before
             if self.augment is not None:  # returns the input window: the border was context
                 img, (tgt, wgt) = augment_patch(img, [tgt, wgt], self.rng, self.augment, crop=b)
-            else:
-                img, tgt, wgt = img[..., b:b + n, b:b + n], tgt[b:b + n, b:b + n], wgt[b:b + n, b:b + n]
+            # (without augmentation the border is 0: the window is the input window)
             xs[i] = img
             ts[i] = tgt[m:m + o, m:m + o]
             ws[i] = wgt[m:m + o, m:m + o]
